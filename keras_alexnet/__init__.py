@@ -1,0 +1,13 @@
+"""keras-alexnet: the AlexNet of Krizhevsky, Sutskever and Hinton (2012) for Keras 3.
+
+The same code runs on the TensorFlow, JAX and PyTorch backends; importing this
+package never chooses the backend (`KERAS_BACKEND` does) and never imports
+jax or torch itself.
+"""
+
+from keras_alexnet import layers
+from keras_alexnet.models import AlexNet
+
+__version__ = "0.1.0"
+
+__all__ = ["AlexNet", "layers", "__version__"]

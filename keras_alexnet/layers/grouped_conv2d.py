@@ -1,0 +1,69 @@
+"""A grouped 2-D convolution that picks the fastest implementation per backend."""
+
+import keras
+from keras import ops
+
+IMPLEMENTATIONS = ("auto", "native", "split")
+
+# Measured in bench/bench.py (figures in BENCHMARKS.md): on TensorFlow a
+# `Conv2D(groups>1)` is forced through an XLA-jitted function that is several
+# times slower on CPU than one convolution per group, and XLA:CPU (JAX) is
+# also faster with separate convolutions. PyTorch's grouped kernel is fast.
+_AUTO_IMPLEMENTATION = {"tensorflow": "split", "jax": "split", "torch": "native"}
+
+
+@keras.saving.register_keras_serializable(package="keras_alexnet")
+class GroupedConv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` with `groups > 1`, computed as separate towers.
+
+    Output group `g` (channels `[g * filters / groups, (g + 1) * filters /
+    groups)`) sees only input group `g`, exactly like
+    `keras.layers.Conv2D(groups=groups)`: the kernel has the same shape,
+    `(kh, kw, in_channels // groups, filters)`, so weights move freely between
+    the two layers and `torch.nn.Conv2d(groups=groups)`. AlexNet's conv2,
+    conv4 and conv5 are grouped in two: the paper's two GPUs.
+
+    Args:
+        filters, kernel_size, strides, padding, ...: as `keras.layers.Conv2D`.
+        groups: number of groups, >= 1; must divide the input channels and
+            `filters`.
+        implementation: `"native"` calls one grouped convolution
+            (`keras.ops.conv`), `"split"` runs one convolution per group and
+            concatenates the results, `"auto"` (default) picks the faster of
+            the two for the current backend. All give the same values.
+
+    Example:
+
+    >>> layer = GroupedConv2D(256, 5, padding="same", groups=2)
+    >>> layer(np.zeros((1, 27, 27, 96))).shape
+    (1, 27, 27, 256)
+    """
+
+    def __init__(self, *args, implementation="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"`implementation` must be one of {IMPLEMENTATIONS}. "
+                f"Received: implementation={implementation!r}"
+            )
+        self.implementation = implementation
+
+    def _resolved_implementation(self):
+        if self.implementation != "auto":
+            return self.implementation
+        return _AUTO_IMPLEMENTATION.get(keras.backend.backend(), "native")
+
+    def convolution_op(self, inputs, kernel):
+        if self.groups == 1 or self._resolved_implementation() == "native":
+            return super().convolution_op(inputs, kernel)
+        channel_axis = -1 if self.data_format == "channels_last" else 1
+        input_groups = ops.split(inputs, self.groups, axis=channel_axis)
+        kernel_groups = ops.split(kernel, self.groups, axis=-1)
+        towers = [
+            super(GroupedConv2D, self).convolution_op(group_inputs, group_kernel)
+            for group_inputs, group_kernel in zip(input_groups, kernel_groups)
+        ]
+        return ops.concatenate(towers, axis=channel_axis)
+
+    def get_config(self):
+        return {**super().get_config(), "implementation": self.implementation}

@@ -1,0 +1,325 @@
+"""AlexNet (Krizhevsky, Sutskever and Hinton, NIPS 2012) as a Keras 3 model."""
+
+import os
+
+import keras
+
+from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization
+
+VARIANTS = ("original", "one_weird_trick")
+INITIALIZATIONS = ("paper", "caffe", "glorot")
+POOLINGS = (None, "avg", "max")
+
+DEFAULT_INPUT_SHAPES = {"original": (227, 227, 3), "one_weird_trick": (224, 224, 3)}
+
+# Per variant: conv filters, conv2/4/5 groups, LRN after blocks 1-2, conv1's
+# fixed padding (None: pad only what a valid 11x11/4 conv needs, see below)
+# and whether dropout comes before (torchvision) or after (paper) fc6/fc7.
+_SPECS = {
+    "original": dict(
+        filters=(96, 256, 384, 384, 256), groups=2, lrn=True, conv1_padding=None,
+        dropout_before_fc=False,
+    ),
+    "one_weird_trick": dict(
+        filters=(64, 192, 384, 256, 256), groups=1, lrn=False, conv1_padding=2,
+        dropout_before_fc=True,
+    ),
+}
+
+# Layers whose bias the paper initialises to 1 ("accelerates the early stages
+# of learning by providing the ReLUs with positive inputs", §5).
+_PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
+# bvlc_alexnet's train_val.prototxt: the same layers get bias 0.1 (bias 1 gave
+# Caffe a flat loss) and fc6/fc7 weights have standard deviation 0.005.
+_CAFFE_FC_STD = 0.005
+
+
+def _initializers(initialization, layer_name):
+    """Kernel and bias initialisers of one layer under a named scheme."""
+    if initialization == "glorot":
+        return "glorot_uniform", "zeros"
+    std = 0.01
+    bias = 1.0 if layer_name in _PAPER_BIAS_ONE else 0.0
+    if initialization == "caffe":
+        bias = 0.1 if layer_name in _PAPER_BIAS_ONE else 0.0
+        if layer_name in ("fc6", "fc7"):
+            std = _CAFFE_FC_STD
+    return (
+        keras.initializers.RandomNormal(mean=0.0, stddev=std),
+        keras.initializers.Constant(bias),
+    )
+
+
+def conv1_padding(size, variant="original"):
+    """Zero padding `(before, after)` applied to one spatial side before conv1.
+
+    The paper's 224x224 input does not fit an 11x11 stride-4 valid convolution
+    ((224 - 11) / 4 is not an integer); Caffe feeds 227. For the original
+    variant every size is padded up to the next size the convolution covers
+    exactly, one pixel more after than before: 227 gets none and 224 gets
+    (1, 2), which reaches the paper's 55x55. The torchvision variant always
+    pads 2 on both sides, as torchvision does.
+    """
+    fixed = _SPECS[variant]["conv1_padding"]
+    if fixed is not None:
+        return (fixed, fixed)
+    total = (-(size - 11)) % 4
+    return (total // 2, total - total // 2)
+
+
+def feature_map_size(size, variant="original"):
+    """Spatial size of pool5's output for an input side of `size` pixels."""
+    size += sum(conv1_padding(size, variant))
+    size = (size - 11) // 4 + 1  # conv1
+    for _ in range(3):  # pool1, pool2, pool5 (3x3, stride 2, valid)
+        size = (size - 3) // 2 + 1
+    return size
+
+
+def minimum_input_size(variant="original"):
+    size = 11
+    while feature_map_size(size, variant) < 1:
+        size += 1
+    return size
+
+
+def _validate_arguments(variant, include_top, weights, pooling, classes,
+                        dropout, initialization):
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"`variant` must be one of {VARIANTS}. Received: variant={variant!r}"
+        )
+    if initialization not in INITIALIZATIONS:
+        raise ValueError(
+            f"`initialization` must be one of {INITIALIZATIONS}. "
+            f"Received: initialization={initialization!r}"
+        )
+    if weights is not None:
+        if not isinstance(weights, (str, os.PathLike)) or not str(weights).endswith(
+            ".weights.h5"
+        ):
+            raise ValueError(
+                "`weights` must be None (random initialisation) or the path of a "
+                "`.weights.h5` file saved with `model.save_weights()`; no "
+                f"pretrained weights are downloaded. Received: weights={weights!r}"
+            )
+        if not os.path.isfile(weights):
+            raise ValueError(
+                f"The weights file does not exist. Received: weights={weights!r}"
+            )
+    if pooling not in POOLINGS:
+        raise ValueError(
+            f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}"
+        )
+    if include_top and pooling is not None:
+        raise ValueError(
+            "`pooling` applies only to the feature extractor; pass "
+            f"include_top=False to use it. Received: pooling={pooling!r}, "
+            f"include_top={include_top}"
+        )
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise ValueError(
+            f"`classes` must be an integer >= 1. Received: classes={classes!r}"
+        )
+    if not 0 <= dropout < 1:
+        raise ValueError(
+            f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
+        )
+
+
+def _resolve_input_shape(variant, input_shape, input_tensor, include_top):
+    if input_shape is None and input_tensor is not None:
+        input_shape = tuple(input_tensor.shape[1:])
+    if input_shape is None:
+        return DEFAULT_INPUT_SHAPES[variant]
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(
+            "`input_shape` must be (height, width, 3): channels-last RGB images. "
+            f"Received: input_shape={input_shape}"
+        )
+    minimum = minimum_input_size(variant)
+    for side in input_shape[:2]:
+        if side is None:
+            if include_top:
+                raise ValueError(
+                    "With include_top=True the input height and width must be "
+                    "known (the size of fc6 follows them). "
+                    f"Received: input_shape={input_shape}"
+                )
+        elif side < minimum:
+            raise ValueError(
+                f"Input height and width must be at least {minimum} for "
+                f"variant={variant!r} (pool5 would be empty). "
+                f"Received: input_shape={input_shape}"
+            )
+    return input_shape
+
+
+def AlexNet(
+    variant="original",
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    dropout=0.5,
+    initialization="paper",
+    grouped_conv_implementation="auto",
+    lrn_implementation="auto",
+    name="alexnet",
+):
+    """Instantiates AlexNet.
+
+    Reference:
+    - [ImageNet Classification with Deep Convolutional Neural Networks](
+        https://papers.nips.cc/paper/4824-imagenet-classification-with-deep-convolutional-neural-networks)
+      (Krizhevsky, Sutskever and Hinton, NIPS 2012)
+    - [One weird trick for parallelizing convolutional neural networks](
+        https://arxiv.org/abs/1404.5997) (Krizhevsky 2014), the layout of
+      torchvision's `alexnet`.
+
+    `variant="original"` is the paper's network: five convolutions
+    (96-256-384-384-256) with ReLU, local response normalisation after the
+    ReLU of blocks 1 and 2, overlapping 3x3 stride-2 max pooling, conv2, conv4
+    and conv5 grouped in two (the paper's two GPUs), fc6 and fc7 with 4096
+    units and dropout, and fc8. It has exactly 60,965,224 parameters at 1000
+    classes. The default input is 227x227 (as Caffe); a 224x224 input is
+    zero-padded (1 before, 2 after) to reach the same 55x55 after conv1.
+
+    `variant="one_weird_trick"` is torchvision's single-GPU layout
+    (64-192-384-256-256, no LRN, no groups, dropout before fc6 and fc7),
+    61,100,840 parameters at 224x224 and 1000 classes, one Keras layer per
+    torchvision layer with weights.
+
+    Layers are named `conv1_pad` (when padding is needed), `conv1`..`conv5`,
+    `lrn1`, `lrn2`, `pool1`, `pool2`, `pool5`, `flatten`, `fc6`, `drop6`,
+    `fc7`, `drop7` and `fc8`. The model takes channels-last float images,
+    already normalised (see `keras_alexnet.presets`).
+
+    Args:
+        variant: `"original"` or `"one_weird_trick"`.
+        include_top: whether to include fc6, fc7 and fc8.
+        weights: `None` (random initialisation) or the path of a
+            `.weights.h5` file saved from the same architecture. No
+            pretrained weights are downloaded.
+        input_tensor: optional Keras tensor to use as the model's input.
+        input_shape: `(height, width, 3)`; defaults to 227x227x3 (original)
+            or 224x224x3 (one_weird_trick). With `include_top=False` height
+            and width may be `None`.
+        pooling: with `include_top=False`, `None` (4-D pool5 output),
+            `"avg"` or `"max"` (global pooling to a 2-D output).
+        classes: number of classes of fc8.
+        classifier_activation: activation of fc8, e.g. `"softmax"` or `None`
+            for logits.
+        dropout: dropout rate of fc6 and fc7 (the paper's 0.5).
+        initialization: `"paper"` (weights N(0, 0.01); biases 1 in conv2,
+            conv4, conv5, fc6 and fc7, 0 elsewhere), `"caffe"`
+            (bvlc_alexnet: those biases 0.1, fc6/fc7 weights N(0, 0.005);
+            trains more reliably) or `"glorot"` (Keras' defaults).
+        grouped_conv_implementation: `"auto"`, `"native"` or `"split"`;
+            see `keras_alexnet.layers.GroupedConv2D`.
+        lrn_implementation: `"auto"`, `"ops"` or `"native"`; see
+            `keras_alexnet.layers.LocalResponseNormalization`.
+        name: the model's name.
+
+    Returns:
+        A `keras.Model`.
+
+    Example:
+
+    >>> model = keras_alexnet.AlexNet()
+    >>> model.count_params()
+    60965224
+    >>> features = keras_alexnet.AlexNet(include_top=False, pooling="avg")
+    """
+    _validate_arguments(
+        variant, include_top, weights, pooling, classes, dropout, initialization
+    )
+    input_shape = _resolve_input_shape(variant, input_shape, input_tensor, include_top)
+    spec = _SPECS[variant]
+
+    if input_tensor is None:
+        inputs = keras.Input(shape=input_shape, name="images")
+    elif keras.backend.is_keras_tensor(input_tensor):
+        inputs = input_tensor
+    else:
+        inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="images")
+
+    def conv(x, layer_name, filters, kernel_size, groups=1, **kwargs):
+        kernel_init, bias_init = _initializers(initialization, layer_name)
+        layer_class = keras.layers.Conv2D
+        if groups > 1:
+            layer_class = GroupedConv2D
+            kwargs["implementation"] = grouped_conv_implementation
+        return layer_class(
+            filters, kernel_size, groups=groups, activation="relu",
+            kernel_initializer=kernel_init, bias_initializer=bias_init,
+            data_format="channels_last", name=layer_name, **kwargs,
+        )(x)
+
+    def max_pool(x, layer_name):
+        return keras.layers.MaxPooling2D(
+            3, strides=2, data_format="channels_last", name=layer_name
+        )(x)
+
+    def lrn(x, layer_name):
+        if not spec["lrn"]:
+            return x
+        return LocalResponseNormalization(
+            size=5, alpha=1e-4, beta=0.75, k=2.0,
+            implementation=lrn_implementation, name=layer_name,
+        )(x)
+
+    x = inputs
+    padding = [conv1_padding(side, variant) if side is not None else (0, 0)
+               for side in input_shape[:2]]
+    if any(sum(side) for side in padding):
+        x = keras.layers.ZeroPadding2D(
+            padding, data_format="channels_last", name="conv1_pad"
+        )(x)
+    f1, f2, f3, f4, f5 = spec["filters"]
+    groups = spec["groups"]
+    x = conv(x, "conv1", f1, 11, strides=4, padding="valid")
+    x = max_pool(lrn(x, "lrn1"), "pool1")
+    x = conv(x, "conv2", f2, 5, groups=groups, padding="same")
+    x = max_pool(lrn(x, "lrn2"), "pool2")
+    x = conv(x, "conv3", f3, 3, padding="same")
+    x = conv(x, "conv4", f4, 3, groups=groups, padding="same")
+    x = conv(x, "conv5", f5, 3, groups=groups, padding="same")
+    x = max_pool(x, "pool5")
+
+    if include_top:
+        x = keras.layers.Flatten(name="flatten")(x)
+        for index in (6, 7):
+            layer_name = f"fc{index}"
+            kernel_init, bias_init = _initializers(initialization, layer_name)
+            fully_connected = keras.layers.Dense(
+                4096, activation="relu", kernel_initializer=kernel_init,
+                bias_initializer=bias_init, name=layer_name,
+            )
+            drop = keras.layers.Dropout(dropout, name=f"drop{index}")
+            if spec["dropout_before_fc"]:
+                x = fully_connected(drop(x))
+            else:
+                x = drop(fully_connected(x))
+        kernel_init, bias_init = _initializers(initialization, "fc8")
+        x = keras.layers.Dense(
+            classes, activation=classifier_activation,
+            kernel_initializer=kernel_init, bias_initializer=bias_init, name="fc8",
+        )(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    if input_tensor is not None:
+        model_inputs = keras.utils.get_source_inputs(input_tensor)
+    else:
+        model_inputs = inputs
+    model = keras.Model(model_inputs, x, name=name)
+    if weights is not None:
+        model.load_weights(weights)
+    return model

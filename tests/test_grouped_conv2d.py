@@ -1,0 +1,81 @@
+import keras
+import numpy as np
+import torch
+from keras.src import testing
+
+from keras_alexnet.layers import GroupedConv2D
+
+
+def _grouped_pair(implementation, filters=8, kernel_size=3, groups=2, **kwargs):
+    grouped = GroupedConv2D(filters, kernel_size, groups=groups,
+                            implementation=implementation, **kwargs)
+    reference = keras.layers.Conv2D(filters, kernel_size, groups=groups, **kwargs)
+    return grouped, reference
+
+
+class GroupedConv2DTest(testing.TestCase):
+    def test_run_layer_test(self):
+        for implementation in ("split", "native", "auto"):
+            self.run_layer_test(
+                GroupedConv2D,
+                init_kwargs={"filters": 6, "kernel_size": 3, "groups": 2,
+                             "padding": "same", "implementation": implementation},
+                input_shape=(2, 5, 5, 4),
+                expected_output_shape=(2, 5, 5, 6),
+                expected_num_trainable_weights=2,
+            )
+
+    def test_kernel_layout_is_conv2d_groups(self):
+        layer = GroupedConv2D(256, 5, groups=2, padding="same")
+        layer.build((None, 27, 27, 96))
+        self.assertEqual(tuple(layer.kernel.shape), (5, 5, 48, 256))
+
+    def test_matches_keras_conv2d_groups(self):
+        x = np.random.default_rng(0).normal(size=(2, 9, 9, 6)).astype("float32")
+        for implementation in ("split", "native"):
+            for groups, strides, padding in [(2, 1, "same"), (3, 2, "valid")]:
+                grouped, reference = _grouped_pair(
+                    implementation, filters=12, groups=groups, strides=strides,
+                    padding=padding,
+                )
+                reference.build(x.shape)
+                grouped.build(x.shape)
+                grouped.set_weights(reference.get_weights())
+                self.assertAllClose(grouped(x), reference(x), rtol=1e-5, atol=1e-5)
+
+    def test_matches_torch_conv2d_groups(self):
+        rng = np.random.default_rng(1)
+        x = rng.normal(size=(2, 13, 13, 8)).astype("float32")
+        layer = GroupedConv2D(10, 3, groups=2, padding="same")
+        layer.build(x.shape)
+        kernel = rng.normal(size=(3, 3, 4, 10)).astype("float32")
+        bias = rng.normal(size=(10,)).astype("float32")
+        layer.set_weights([kernel, bias])
+        expected = torch.nn.functional.conv2d(
+            torch.tensor(x).permute(0, 3, 1, 2),
+            torch.tensor(kernel).permute(3, 2, 0, 1),
+            torch.tensor(bias),
+            padding=1,
+            groups=2,
+        ).permute(0, 2, 3, 1)
+        self.assertAllClose(layer(x), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+    def test_output_group_sees_only_its_input_group(self):
+        # Perturbing input group 1 leaves output group 0 unchanged.
+        x = np.random.default_rng(2).normal(size=(1, 6, 6, 4)).astype("float32")
+        layer = GroupedConv2D(6, 3, groups=2, padding="same", implementation="split")
+        before = keras.ops.convert_to_numpy(layer(x))
+        x[..., 2:] += 1.0
+        after = keras.ops.convert_to_numpy(layer(x))
+        np.testing.assert_array_equal(before[..., :3], after[..., :3])
+        self.assertFalse(np.allclose(before[..., 3:], after[..., 3:]))
+
+    def test_invalid_implementation(self):
+        with self.assertRaisesRegex(ValueError, "implementation='fast'"):
+            GroupedConv2D(4, 3, groups=2, implementation="fast")
+
+    def test_config_round_trip(self):
+        layer = GroupedConv2D(4, 3, groups=2, implementation="split", name="g")
+        restored = GroupedConv2D.from_config(layer.get_config())
+        self.assertEqual(restored.implementation, "split")
+        self.assertEqual(restored.groups, 2)
