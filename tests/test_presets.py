@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_alexnet.augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from keras_alexnet.presets import (EvalPreset, TrainPreset, center_crop,
+                                   resize_short_side)
+
+IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
+def _examples(images, labels=None):
+    labels = np.arange(len(images)) if labels is None else labels
+    return tf.data.Dataset.from_tensor_slices((np.stack(images), np.asarray(labels)))
+
+
+def _positional_image(size, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def _batches(dataset):
+    return np.concatenate([images.numpy() for images, _ in dataset])
+
+
+def test_resize_short_side_keeps_aspect_and_same_size_is_identity():
+    image = tf.zeros((100, 50, 3), tf.uint8)
+    assert resize_short_side(image, 256).shape == (512, 256, 3)
+    source = _positional_image(32)
+    np.testing.assert_allclose(resize_short_side(source, 32).numpy(), source, atol=1e-3)
+
+
+def test_random_crop_is_a_window_of_its_source():
+    source = _positional_image(40)
+    preset = TrainPreset(crop_size=24, resize_size=40, flip_probability=0.0,
+                         lighting_std=0.0, **IDENTITY)
+    crops = _batches(preset.dataset(_examples([source] * 12), batch_size=4, seed=0)) * 255
+    positions = set()
+    for crop in crops:
+        matches = [(top, left) for top in range(17) for left in range(17)
+                   if np.allclose(source[top:top + 24, left:left + 24], crop, atol=1e-2)]
+        assert len(matches) == 1
+        positions.add(matches[0])
+    assert len(positions) > 3  # crops move
+
+
+def test_flips_happen_about_half_the_time():
+    source = _positional_image(16)
+    preset = TrainPreset(crop_size=16, resize_size=16, lighting_std=0.0, **IDENTITY)
+    crops = _batches(preset.dataset(_examples([source] * 400), batch_size=50, seed=1)) * 255
+    flipped = [np.allclose(crop, source[:, ::-1], atol=1e-2) for crop in crops]
+    unflipped = [np.allclose(crop, source, atol=1e-2) for crop in crops]
+    assert all(a != b for a, b in zip(flipped, unflipped))
+    assert 160 <= sum(flipped) <= 240  # Binomial(400, 0.5): mean 200, sd 10
+
+
+def test_pca_lighting_adds_a_constant_with_the_paper_statistics():
+    source = _positional_image(4)
+    preset = TrainPreset(crop_size=4, resize_size=4, flip_probability=0.0, **IDENTITY)
+    outputs = _batches(preset.dataset(_examples([source] * 4000), batch_size=500, seed=2))
+    offsets = outputs - source / 255.0
+    np.testing.assert_allclose(offsets, offsets[:, :1, :1].repeat(4, 1).repeat(4, 2), atol=1e-5)
+    projections = offsets[:, 0, 0, :] @ np.array(IMAGENET_EIGVEC)
+    np.testing.assert_allclose(projections.std(axis=0), 0.1 * np.array(IMAGENET_EIGVAL),
+                               rtol=0.08)
+
+
+def test_normalisation_and_labels():
+    source = _positional_image(8)
+    preset = TrainPreset(crop_size=8, resize_size=8, flip_probability=0.0, lighting_std=0.0)
+    images, labels = next(iter(preset.dataset(_examples([source] * 2, [5, 7]), batch_size=2,
+                                              shuffle=False)))
+    expected = (source / 255.0 - np.array(preset.mean)) / np.array(preset.std)
+    np.testing.assert_allclose(images.numpy()[0], expected, atol=1e-4)
+    assert labels.numpy().tolist() == [5, 7]
+
+
+def test_seeded_pipeline_repeats_and_epochs_differ():
+    images = [_positional_image(20, seed) for seed in range(8)]
+    preset = TrainPreset(crop_size=12, resize_size=20)
+
+    def run():
+        dataset = preset.dataset(_examples(images), batch_size=4, seed=5, deterministic=True)
+        return _batches(dataset), _batches(dataset)
+
+    (first_epoch, second_epoch), (again, _) = run(), run()
+    np.testing.assert_array_equal(first_epoch, again)
+    assert not np.allclose(first_epoch, second_epoch)
+
+
+def test_eval_preset_centre_crop():
+    source = _positional_image(30)
+    preset = EvalPreset(crop_size=20, resize_size=30, **IDENTITY)
+    images = _batches(preset.dataset(_examples([source]), batch_size=1))
+    np.testing.assert_allclose(images[0] * 255, source[5:25, 5:25], atol=1e-2)
+    # A non-square batch: short side to 30, then the central 20x20.
+    wide = tf.zeros((2, 30, 60, 3), tf.uint8)
+    assert preset.preprocess(wide).shape == (2, 20, 20, 3)
+
+
+def test_ten_crop_geometry():
+    source = _positional_image(30)
+    preset = EvalPreset(crop_size=20, resize_size=30, ten_crop=True, **IDENTITY)
+    crops = _batches(preset.dataset(_examples([source]), batch_size=1))[0] * 255
+    assert crops.shape == (10, 20, 20, 3)
+    windows = [source[:20, :20], source[:20, 10:], source[10:, :20], source[10:, 10:],
+               source[5:25, 5:25]]
+    for index, window in enumerate(windows):
+        np.testing.assert_allclose(crops[index], window, atol=1e-2)
+        np.testing.assert_allclose(crops[index + 5], window[:, ::-1], atol=1e-2)
+
+
+def test_center_crop_helper():
+    image = tf.reshape(tf.range(5 * 5 * 1), (5, 5, 1))
+    np.testing.assert_array_equal(center_crop(image, 3).numpy()[..., 0],
+                                  np.arange(25).reshape(5, 5)[1:4, 1:4])
+
+
+def test_randaugment_policy_on_top():
+    source = _positional_image(24)
+    preset = TrainPreset(crop_size=16, resize_size=24, policy="randaugment")
+    images, _ = next(iter(preset.dataset(_examples([source] * 4), batch_size=4, seed=0)))
+    assert images.shape == (4, 16, 16, 3) and np.isfinite(images.numpy()).all()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"crop_size": 0}, "crop_size"), ({"crop_size": 300}, "resize_size"),
+    ({"flip_probability": 2}, "flip_probability"), ({"lighting_std": -1}, "lighting_std"),
+    ({"policy": "autoaugment"}, "policy"),
+])
+def test_invalid_train_preset(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainPreset(**kwargs)
+
+
+def test_invalid_batch_size():
+    with pytest.raises(ValueError, match="batch_size"):
+        EvalPreset().dataset(_examples([_positional_image(8)]), batch_size=0)
