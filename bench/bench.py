@@ -1,0 +1,330 @@
+"""keras-alexnet benchmarks: one command, one run, one table in BENCHMARKS.md.
+
+    python bench/bench.py                                # every section
+    python bench/bench.py --sections implementations     # LRN / grouped conv choices
+    python bench/bench.py --sections peak reference keras --steps 5
+
+Sections:
+    peak             float32 and bfloat16 matrix-multiply peak (torch, FLOP/s)
+    reference        the original AlexNet written in PyTorch eager code
+    keras            keras_alexnet.AlexNet() on each backend, float32 and
+                     mixed_bfloat16, training step and inference
+    implementations  per backend: grouped conv "native" vs "split" and LRN
+                     "ops" vs "native", training step
+    pipeline         the tf.data training pipeline, decode + augment
+    memory           peak resident memory of a batch-128 float32 training process
+
+Every Keras measurement runs in a fresh process (the backend is fixed when
+Keras is imported). Ratios are only meaningful within one run: the machine
+is shared and noisy. The table is written between markers in BENCHMARKS.md.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("tensorflow", "jax", "torch")
+# Multiply-adds of one forward pass of the original AlexNet at 227x227.
+FORWARD_MACS = 724_406_816
+# A training step costs about three forward passes (forward, two backward).
+TRAIN_FLOPS_PER_IMAGE = 3 * 2 * FORWARD_MACS
+INFER_FLOPS_PER_IMAGE = 2 * FORWARD_MACS
+
+
+def _timed(step, steps, warmup):
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+# ----------------------------------------------------------------- workers
+
+
+def worker_peak(args):
+    import torch
+
+    size = 2048
+    result = {}
+    for dtype in ("float32", "bfloat16"):
+        a = torch.randn(size, size, dtype=getattr(torch, dtype))
+        b = torch.randn(size, size, dtype=getattr(torch, dtype))
+        seconds = _timed(lambda: torch.mm(a, b), steps=10, warmup=3)
+        result[dtype] = 2 * size**3 / seconds
+    return result
+
+
+def worker_reference(args):
+    import torch
+
+    from bench.torch_reference import torch_alexnet
+
+    model, _ = torch_alexnet("original", classes=1000)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(args.batch_size, 3, 227, 227)
+    y = torch.randint(0, 1000, (args.batch_size,))
+
+    def train_step():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    def infer_step():
+        with torch.no_grad():
+            model(x)
+
+    model.train()
+    train = _timed(train_step, args.steps, args.warmup)
+    model.eval()
+    infer = _timed(infer_step, args.steps, args.warmup)
+    return {"train": args.batch_size / train, "infer": args.batch_size / infer}
+
+
+def worker_keras(args):
+    import keras
+    import numpy as np
+
+    import keras_alexnet
+
+    if args.dtype != "float32":
+        keras.mixed_precision.set_dtype_policy(args.dtype)
+    model = keras_alexnet.AlexNet(
+        grouped_conv_implementation=args.grouped_conv,
+        lrn_implementation=args.lrn,
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.batch_size, 227, 227, 3)).astype("float32")
+    y = rng.integers(0, 1000, args.batch_size)
+    result = {}
+    if "train" in args.modes:
+        train = _timed(lambda: model.train_on_batch(x, y), args.steps, args.warmup)
+        result["train"] = args.batch_size / train
+    if "infer" in args.modes:
+        infer = _timed(lambda: model.predict_on_batch(x), args.steps, args.warmup)
+        result["infer"] = args.batch_size / infer
+    return result
+
+
+def worker_pipeline(args):
+    from keras_alexnet import data, presets
+
+    root = Path(args.scratch) / "pipeline_images"
+    if not root.exists():
+        data.write_synthetic_image_folder(root, classes=4, images_per_class=64,
+                                          image_size=(300, 400), seed=0)
+    source = data.image_folder(root, validation_fraction=0.0)
+    preset = presets.TrainPreset(crop_size=227)
+    dataset = preset.dataset(source.train, batch_size=args.batch_size,
+                             shuffle=False).repeat()
+    iterator = iter(dataset)
+    seconds = _timed(lambda: next(iterator), args.steps * 2, args.warmup)
+    return {"images_per_second": args.batch_size / seconds}
+
+
+WORKERS = {
+    "peak": worker_peak,
+    "reference": worker_reference,
+    "keras": worker_keras,
+    "pipeline": worker_pipeline,
+}
+
+
+def run_worker(name, backend=None, **options):
+    """Runs one worker in a fresh process; returns its result and peak memory."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", name]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        command += [flag, *value] if isinstance(value, (list, tuple)) else [flag, str(value)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if backend:
+        env["KERAS_BACKEND"] = backend
+    process = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    if process.returncode != 0:
+        raise RuntimeError(f"worker {name} ({backend}) failed:\n{process.stderr[-3000:]}")
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def _worker_main(args):
+    import resource
+
+    result = WORKERS[args.worker](args)
+    # ru_maxrss is in KiB on Linux.
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps(result))
+
+
+# ---------------------------------------------------------------- sections
+
+
+def section_peak(args, report):
+    peak = run_worker("peak")
+    report["peak"] = peak
+    return [
+        "| matmul peak | GFLOP/s |",
+        "|---|---:|",
+        f"| float32 (torch.mm 2048) | {peak['float32'] / 1e9:.0f} |",
+        f"| bfloat16 (torch.mm 2048) | {peak['bfloat16'] / 1e9:.0f} |",
+    ]
+
+
+def _peak_fraction(images_per_second, flops_per_image, report, dtype):
+    peak = report.get("peak", {}).get("bfloat16" if "bfloat16" in dtype else "float32")
+    return f"{images_per_second * flops_per_image / peak:.0%}" if peak else "n/a"
+
+
+def section_reference(args, report):
+    reference = run_worker("reference", batch_size=args.batch_size,
+                           steps=args.steps, warmup=args.warmup)
+    report["reference"] = reference
+    return [
+        f"PyTorch eager reference (bench/torch_reference.py), batch {args.batch_size}: "
+        f"training {reference['train']:.1f} images/s, inference "
+        f"{reference['infer']:.1f} images/s "
+        f"({_peak_fraction(reference['train'], TRAIN_FLOPS_PER_IMAGE, report, 'float32')}"
+        " of the float32 peak in training)."
+    ]
+
+
+def section_keras(args, report):
+    reference = report.get("reference", {})
+    rows = [
+        "| backend | dtype | train img/s | vs reference | % of peak | infer img/s | vs reference |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for backend in args.backends:
+        for dtype in args.dtypes:
+            result = run_worker("keras", backend, dtype=dtype, batch_size=args.batch_size,
+                                steps=args.steps, warmup=args.warmup,
+                                grouped_conv="auto", lrn="auto", modes=["train", "infer"])
+            report.setdefault("keras", {})[f"{backend}/{dtype}"] = result
+            train_ratio = (f"{result['train'] / reference['train']:.2f}x"
+                           if reference else "n/a")
+            infer_ratio = (f"{result['infer'] / reference['infer']:.2f}x"
+                           if reference else "n/a")
+            rows.append(
+                f"| {backend} | {dtype} | {result['train']:.1f} | {train_ratio} | "
+                f"{_peak_fraction(result['train'], TRAIN_FLOPS_PER_IMAGE, report, dtype)} | "
+                f"{result['infer']:.1f} | {infer_ratio} |"
+            )
+    return rows
+
+
+def section_implementations(args, report):
+    rows = [
+        "| backend | grouped conv | LRN | train img/s |",
+        "|---|---|---|---:|",
+    ]
+    for backend in args.backends:
+        lrn_choices = ["ops"] + (["native"] if backend != "jax" else [])
+        for grouped_conv, lrn in [("native", "ops"), ("split", "ops")] + [
+            ("split", choice) for choice in lrn_choices[1:]
+        ]:
+            result = run_worker("keras", backend, dtype="float32",
+                                batch_size=args.batch_size, steps=args.steps,
+                                warmup=args.warmup, grouped_conv=grouped_conv, lrn=lrn,
+                                modes=["train"])
+            report.setdefault("implementations", {})[
+                f"{backend}/{grouped_conv}/{lrn}"] = result
+            rows.append(f"| {backend} | {grouped_conv} | {lrn} | {result['train']:.1f} |")
+    return rows
+
+
+def section_pipeline(args, report):
+    result = run_worker("pipeline", batch_size=args.batch_size, steps=args.steps,
+                        warmup=args.warmup, scratch=args.scratch)
+    report["pipeline"] = result
+    line = (f"Training pipeline (decode JPEG, resize, crop, flip, PCA lighting, "
+            f"normalise), 2 CPU threads: {result['images_per_second']:.0f} images/s")
+    tensorflow = report.get("keras", {}).get("tensorflow/float32")
+    if tensorflow:
+        line += f", {result['images_per_second'] / tensorflow['train']:.1f}x TensorFlow float32 training"
+    return [line + "."]
+
+
+def section_memory(args, report):
+    result = run_worker("keras", "tensorflow", dtype="float32", batch_size=128,
+                        steps=2, warmup=1, grouped_conv="auto", lrn="auto", modes=["train"])
+    report["memory"] = result
+    return [f"Peak resident memory of a batch-128 float32 training process "
+            f"(TensorFlow backend): {result['peak_rss_gib']:.2f} GiB."]
+
+
+SECTIONS = {
+    "peak": section_peak,
+    "reference": section_reference,
+    "keras": section_keras,
+    "implementations": section_implementations,
+    "pipeline": section_pipeline,
+    "memory": section_memory,
+}
+BEGIN, END = "<!-- bench.py:begin -->", "<!-- bench.py:end -->"
+
+
+def write_report(lines, path):
+    """Replaces the generated block of BENCHMARKS.md, keeping the prose around it."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(head + BEGIN + "\n" + "\n".join(lines) + "\n" + END + tail)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", nargs="+", choices=list(SECTIONS),
+                        default=["peak", "reference", "keras", "pipeline", "memory"])
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "mixed_bfloat16"])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--scratch", default="/tmp/keras_alexnet_bench")
+    parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"),
+                        help="Markdown file whose generated block is replaced; '-' prints only.")
+    # Worker options (internal).
+    parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--grouped-conv", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--lrn", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--modes", nargs="+", default=["train", "infer"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        sys.path.insert(0, str(ROOT))
+        return _worker_main(args)
+
+    command = "python bench/bench.py " + " ".join(sys.argv[1:])
+    lines = [
+        f"Generated by `{command.strip()}` on {datetime.date.today()} "
+        f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up).",
+        "",
+    ]
+    report = {}
+    for name in args.sections:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        lines += [f"### {name}", "", *SECTIONS[name](args, report), ""]
+        print("\n".join(lines[-3:]), file=sys.stderr, flush=True)
+    print("\n".join(lines))
+    if args.output != "-":
+        write_report(lines, args.output)
+
+
+if __name__ == "__main__":
+    main()
