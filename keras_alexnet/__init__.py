@@ -6,8 +6,9 @@ jax or torch itself.
 """
 
 from keras_alexnet import layers
+from keras_alexnet.export import export_saved_model
 from keras_alexnet.models import AlexNet
 
 __version__ = "0.1.0"
 
-__all__ = ["AlexNet", "layers", "__version__"]
+__all__ = ["AlexNet", "export_saved_model", "layers", "__version__"]
