@@ -93,7 +93,7 @@ def _usable_files(paths):
             return tf.identity(index)
 
     checked = indices.map(try_decode, num_parallel_calls=tf.data.AUTOTUNE)
-    checked = checked.apply(tf.data.experimental.ignore_errors())
+    checked = checked.ignore_errors()
     return {paths[int(index)] for index in checked.as_numpy_iterator()}
 
 
@@ -362,12 +362,14 @@ def default_dataset(root=DEFAULT_DATASET_DIR, images_per_class=120, image_size=(
     return image_folder(root, validation_fraction=0.1)
 
 
-def from_arguments(data=None, dataset=None, data_dir=None, manual_dir=None):
+def from_arguments(data=None, dataset=None, data_dir=None, manual_dir=None,
+                   validation_fraction=0.1):
     """The source a command line asks for: a folder, a TFDS name, or the default."""
     if data and dataset:
         raise ValueError("Give either a folder (--data) or a TFDS name (--dataset), not both.")
     if data:
-        return image_folder(os.fspath(data))
+        return image_folder(os.fspath(data), validation_fraction=validation_fraction)
     if dataset:
-        return tfds_dataset(dataset, data_dir=data_dir, manual_dir=manual_dir)
+        return tfds_dataset(dataset, data_dir=data_dir, manual_dir=manual_dir,
+                            validation_fraction=validation_fraction)
     return default_dataset()

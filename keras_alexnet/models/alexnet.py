@@ -7,7 +7,7 @@ import keras
 from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization
 
 VARIANTS = ("original", "one_weird_trick")
-INITIALIZATIONS = ("paper", "caffe", "glorot")
+INITIALIZATIONS = ("paper", "caffe", "glorot", "he")
 POOLINGS = (None, "avg", "max")
 
 DEFAULT_INPUT_SHAPES = {"original": (227, 227, 3), "one_weird_trick": (224, 224, 3)}
@@ -38,6 +38,8 @@ def _initializers(initialization, layer_name):
     """Kernel and bias initialisers of one layer under a named scheme."""
     if initialization == "glorot":
         return "glorot_uniform", "zeros"
+    if initialization == "he":
+        return "he_normal", "zeros"
     std = 0.01
     bias = 1.0 if layer_name in _PAPER_BIAS_ONE else 0.0
     if initialization == "caffe":
@@ -218,7 +220,9 @@ def AlexNet(
         initialization: `"paper"` (weights N(0, 0.01); biases 1 in conv2,
             conv4, conv5, fc6 and fc7, 0 elsewhere), `"caffe"`
             (bvlc_alexnet: those biases 0.1, fc6/fc7 weights N(0, 0.005);
-            trains more reliably) or `"glorot"` (Keras' defaults).
+            trains more reliably), `"glorot"` (Keras' defaults) or `"he"`
+            (He-normal kernels, zero biases: plain SGD leaves the initial
+            plateau within a few hundred steps, which the paper's scheme does not).
         grouped_conv_implementation: `"auto"`, `"native"` or `"split"`;
             see `keras_alexnet.layers.GroupedConv2D`.
         lrn_implementation: `"auto"`, `"ops"` or `"native"`; see
