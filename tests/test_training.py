@@ -19,8 +19,8 @@ from keras_alexnet import training
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = keras.backend.backend()
 COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
-FAST = ["--validation-fraction", "0.25", "--image-size", "67", "--resize-size", "72", "--batch-size", "16", "--init", "he",
-        "--quiet", "--seed", "0"]
+FAST = ["--validation-fraction", "0.25", "--image-size", "67", "--resize-size", "72",
+        "--batch-size", "16", "--init", "he", "--lr", "0.003", "--quiet", "--seed", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def run_train(*arguments, backend=BACKEND, env=None):
 def test_train_end_to_end(colour_folder, tmp_path):
     output = tmp_path / "run"
     export = tmp_path / "export" / "1"
-    result = run_train("--data", str(colour_folder), "--epochs", "4", "--output", str(output),
-                       "--export", str(export), *FAST)
+    result = run_train("--data", str(colour_folder), "--epochs", "4", "--steps-per-epoch",
+                       "10", "--output", str(output), "--export", str(export), *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Keras backend: {BACKEND}" in result.stdout
     assert result.stdout.count("epoch ") >= 4  # one summary line per epoch
