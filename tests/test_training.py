@@ -104,6 +104,17 @@ def test_killed_run_resumes_and_completes(colour_folder, tmp_path):
     assert epochs[-1] == 3 and sorted(set(epochs)) == [0, 1, 2, 3]
 
 
+def test_nan_loss_stops_with_exit_3_and_saves_no_bad_checkpoint(colour_folder, tmp_path):
+    output = tmp_path / "run"
+    result = run_train("--data", str(colour_folder), "--epochs", "2", "--steps-per-epoch", "3",
+                       "--output", str(output), *FAST, "--lr", "1e12")
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "loss became" in result.stderr and "last good checkpoint" in result.stderr
+    # The NaN epoch never reached the epoch-end callbacks: no checkpoint of NaN weights.
+    assert not (output / "backup" / "latest.weights.h5").exists()
+    assert not (output / "summary.json").exists()
+
+
 @pytest.mark.parametrize("arguments,message", [
     (["--data", "/no/such/folder"], "no such folder"),
     (["--epochs", "0"], "epochs"),
