@@ -287,7 +287,8 @@ class EpochSummary(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         speed = self.images_per_epoch / (time.perf_counter() - self.started)
-        self.images_per_second.append(speed)
+        if speed > 0:
+            self.images_per_second.append(speed)
         line = (f"epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
                 f"top-1 error {100 * (1 - logs.get('top1', 0)):.1f}%")
         if "val_top1" in logs:
@@ -414,7 +415,9 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
     with scope:
         model = build_model(recipe, source.num_classes)
 
-    images_per_epoch = (steps or source.counts["train"] // recipe.batch_size) * recipe.batch_size
+    # Unknown for TFDS sources without split metadata: then no images/s figure.
+    images_per_epoch = (steps or (source.counts.get("train") or 0) // recipe.batch_size
+                        ) * recipe.batch_size
     summary_printer = EpochSummary(recipe.epochs, images_per_epoch, log)
     monitor = "val_top1" if validation is not None else "top1"
     # The backup comes last: when it records an epoch as done, the schedule
