@@ -163,7 +163,7 @@ def test_weights_argument_loads_a_weights_file(tmp_path):
     ({"input_shape": (40, 227, 3)}, "at least"),
     ({"input_shape": (None, None, 3)}, "include_top=True"),
     ({"dropout": 1.0}, "dropout=1.0"),
-    ({"initialization": "he"}, "initialization='he'"),
+    ({"initialization": "lecun"}, "initialization='lecun'"),
 ])
 def test_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

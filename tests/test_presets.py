@@ -68,7 +68,7 @@ def test_normalisation_and_labels():
     source = _positional_image(8)
     preset = TrainPreset(crop_size=8, resize_size=8, flip_probability=0.0, lighting_std=0.0)
     images, labels = next(iter(preset.dataset(_examples([source] * 2, [5, 7]), batch_size=2,
-                                              shuffle=False)))
+                                              shuffle=False, deterministic=True)))
     expected = (source / 255.0 - np.array(preset.mean)) / np.array(preset.std)
     np.testing.assert_allclose(images.numpy()[0], expected, atol=1e-4)
     assert labels.numpy().tolist() == [5, 7]
