@@ -24,6 +24,7 @@ import numpy as np
 
 from keras_alexnet import evaluation
 from keras_alexnet.models import AlexNet
+from keras_alexnet.models.alexnet import INITIALIZATIONS, VARIANTS
 from keras_alexnet.presets import EvalPreset, TrainPreset
 
 DISTRIBUTIONS = ("none", "mirrored", "data-parallel")
@@ -101,7 +102,14 @@ class Recipe:
             raise ValueError(f"`weight_decay` must be >= 0. Received: {self.weight_decay!r}")
         if not isinstance(self.max_lr_drops, int) or self.max_lr_drops < 0:
             raise ValueError(f"`max_lr_drops` must be >= 0. Received: {self.max_lr_drops!r}")
-        # Builds once to validate variant, dropout, initialisation and sizes early.
+        if self.variant not in VARIANTS:
+            raise ValueError(f"`variant` must be one of {VARIANTS}. Received: {self.variant!r}")
+        if self.initialization not in INITIALIZATIONS:
+            raise ValueError(f"`initialization` must be one of {INITIALIZATIONS}. "
+                             f"Received: {self.initialization!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: {self.dropout!r}")
+        # Validates the augmentation settings before any data is touched.
         TrainPreset(crop_size=self.image_size, resize_size=self.resize_size,
                     lighting_std=self.lighting_std, policy=self.policy)
 

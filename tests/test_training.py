@@ -119,6 +119,7 @@ def test_nan_loss_stops_with_exit_3_and_saves_no_bad_checkpoint(colour_folder, t
     (["--data", "/no/such/folder"], "no such folder"),
     (["--epochs", "0"], "epochs"),
     (["--lr", "-1"], "learning_rate"),
+    (["--dropout", "1.5"], "dropout"),
     (["--image-size", "300", "--resize-size", "256"], "resize_size"),
     (["--resume"], "Nothing to resume"),
     (["--resume", "--overwrite"], "not both"),
