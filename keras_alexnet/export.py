@@ -35,6 +35,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from keras_alexnet._validation import check_positive_int
 from keras_alexnet.presets import EvalPreset
 
 CLASS_NAMES_ASSET = "class_names.txt"
@@ -71,8 +72,7 @@ def export_saved_model(model, path, class_names=None, preset=None, top_k=5,
         )
     if any("\n" in name or "\r" in name for name in class_names):
         raise ValueError("Class names must not contain line breaks.")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k:
-        raise ValueError(f"`top_k` must be a positive integer. Received: top_k={top_k!r}")
+    check_positive_int("top_k", top_k)
     preset = preset or EvalPreset(crop_size=crop_size, resize_size=max(256, crop_size))
     if preset.crop_size != crop_size or preset.ten_crop:
         raise ValueError(

@@ -14,6 +14,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from keras_alexnet._validation import check_positive_int
 from keras_alexnet.augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,18 +45,12 @@ def normalize(image, mean, std):
 
 
 def _check_sizes(crop_size, resize_size):
-    if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1:
-        raise ValueError(f"`crop_size` must be a positive integer. Received: {crop_size!r}")
+    check_positive_int("crop_size", crop_size)
     if not isinstance(resize_size, int) or resize_size < crop_size:
         raise ValueError(
             "`resize_size` must be an integer >= `crop_size`. "
             f"Received: resize_size={resize_size!r}, crop_size={crop_size!r}"
         )
-
-
-def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +135,7 @@ class TrainPreset:
                 (with a seed, runs then repeat exactly).
             drop_remainder: drop the last incomplete batch.
         """
-        _check_batch_size(batch_size)
+        check_positive_int("batch_size", batch_size)
         if cache:
             examples = examples.cache()
         if shuffle:
@@ -217,7 +212,7 @@ class EvalPreset:
 
     def dataset(self, examples, batch_size, cache=False, deterministic=True):
         """Batches of `(normalised images, labels)`, in order, keeping the last batch."""
-        _check_batch_size(batch_size)
+        check_positive_int("batch_size", batch_size)
         if cache:
             examples = examples.cache()
         transform = self.ten_crops if self.ten_crop else self.preprocess

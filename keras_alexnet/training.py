@@ -23,6 +23,8 @@ import keras
 import numpy as np
 
 from keras_alexnet import evaluation
+from keras_alexnet._validation import check_positive_int
+from keras_alexnet.export import export_saved_model
 from keras_alexnet.models import AlexNet
 from keras_alexnet.models.alexnet import INITIALIZATIONS, VARIANTS
 from keras_alexnet.presets import EvalPreset, TrainPreset
@@ -77,17 +79,10 @@ class Recipe:
     seed: int = None
 
     def __post_init__(self):
-        positive_ints = ("image_size", "resize_size", "epochs", "batch_size", "lr_patience")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer. Received: {value!r}")
-        if self.steps_per_epoch is not None and (
-                not isinstance(self.steps_per_epoch, int) or self.steps_per_epoch < 1):
-            raise ValueError(
-                f"`steps_per_epoch` must be a positive integer or None. "
-                f"Received: {self.steps_per_epoch!r}"
-            )
+        for name in ("image_size", "resize_size", "epochs", "batch_size", "lr_patience"):
+            check_positive_int(name, getattr(self, name))
+        if self.steps_per_epoch is not None:
+            check_positive_int("steps_per_epoch", self.steps_per_epoch)
         if self.resize_size < self.image_size:
             raise ValueError(
                 f"`resize_size` ({self.resize_size}) must be >= `image_size` "
@@ -366,8 +361,9 @@ def make_datasets(recipe, source, replicas=1):
     train_preset = TrainPreset(crop_size=recipe.image_size, resize_size=recipe.resize_size,
                                lighting_std=recipe.lighting_std, policy=recipe.policy)
     eval_preset = EvalPreset(crop_size=recipe.image_size, resize_size=recipe.resize_size)
+    cache = _fits_in_memory(source)
     train = train_preset.dataset(source.train, recipe.batch_size, seed=recipe.seed,
-                                 cache=_fits_in_memory(source))
+                                 cache=cache)
     steps = recipe.steps_per_epoch
     if steps is None:
         count = source.counts.get("train")
@@ -380,8 +376,7 @@ def make_datasets(recipe, source, replicas=1):
         train = train.repeat()
     validation = None
     if source.validation is not None:
-        validation = eval_preset.dataset(source.validation, recipe.batch_size,
-                                         cache=_fits_in_memory(source))
+        validation = eval_preset.dataset(source.validation, recipe.batch_size, cache=cache)
         if replicas > 1:
             # Every replica needs a full share of each batch.
             validation = validation.unbatch().batch(recipe.batch_size, drop_remainder=True)
@@ -473,13 +468,8 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         "best_model": str(output / "best.keras"),
     }
     if export is not None:
-        summary["export"] = _export(model, export, source.class_names, eval_preset, overwrite)
+        summary["export"] = export_saved_model(model, export, class_names=source.class_names,
+                                               preset=eval_preset, overwrite=overwrite)
     _write_json_atomically(output / SUMMARY, summary)
     return summary
 
-
-def _export(model, path, class_names, eval_preset, overwrite):
-    from keras_alexnet.export import export_saved_model
-
-    return export_saved_model(model, path, class_names=class_names, preset=eval_preset,
-                              overwrite=overwrite)

@@ -4,6 +4,7 @@ import os
 
 import keras
 
+from keras_alexnet._validation import check_positive_int
 from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization
 
 VARIANTS = ("original", "one_weird_trick")
@@ -119,10 +120,7 @@ def _validate_arguments(variant, include_top, weights, pooling, classes,
             f"include_top=False to use it. Received: pooling={pooling!r}, "
             f"include_top={include_top}"
         )
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-        raise ValueError(
-            f"`classes` must be an integer >= 1. Received: classes={classes!r}"
-        )
+    check_positive_int("classes", classes)
     if not 0 <= dropout < 1:
         raise ValueError(
             f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
