@@ -24,3 +24,33 @@ def input_gradient(function, x, cotangent):
     x = torch.tensor(x, requires_grad=True)
     (function(x) * torch.tensor(cotangent)).sum().backward()
     return x.grad.numpy()
+
+
+def layer_gradients(layer, x, cotangent):
+    """Gradients of sum(layer(x) * cotangent) with respect to `x` and to each of
+    the layer's trainable weights, computed natively on the current backend."""
+    weights = [np.asarray(keras.ops.convert_to_numpy(w)) for w in layer.trainable_weights]
+
+    def loss(weight_values, v):
+        outputs, _ = layer.stateless_call(weight_values, [], v)
+        return keras.ops.sum(keras.ops.multiply(outputs, cotangent))
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.constant(value) for value in [x, *weights]]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            value = loss(tensors[1:], tensors[0])
+        return [g.numpy() for g in tape.gradient(value, tensors)]
+    if backend == "jax":
+        import jax
+
+        weight_grads, x_grad = jax.grad(loss, argnums=(0, 1))(weights, x)
+        return [np.asarray(x_grad), *[np.asarray(g) for g in weight_grads]]
+    import torch
+
+    tensors = [torch.tensor(value, requires_grad=True) for value in [x, *weights]]
+    loss(tensors[1:], tensors[0]).backward()
+    return [t.grad.numpy() for t in tensors]

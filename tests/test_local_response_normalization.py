@@ -90,6 +90,37 @@ class LocalResponseNormalizationTest(testing.TestCase):
             gradient, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-6
         )
 
+    def test_implementations_agree_in_value_and_gradient(self):
+        # "native" exists on TensorFlow (channels-last only) and torch (any axis).
+        backend = keras.backend.backend()
+        cases = [((2, 6, 6, 10), -1), ((2, 9, 4, 4), 1), ((3, 12), -1)]
+        for shape, axis in cases:
+            native_exists = backend == "torch" or (backend == "tensorflow" and len(shape) == 4
+                                                   and axis == -1)
+            if not native_exists:
+                continue
+            x = random_activations(shape, seed=7)
+            cotangent = np.random.default_rng(8).normal(size=shape).astype("float32")
+            native = LocalResponseNormalization(size=3, beta=0.6, axis=axis,
+                                                implementation="native")
+            formula = LocalResponseNormalization(size=3, beta=0.6, axis=axis,
+                                                 implementation="ops")
+            self.assertAllClose(native(x), numpy_lrn(x, 3, 1e-4, 0.6, 2.0, axis=axis),
+                                rtol=1e-5, atol=1e-6)
+            self.assertAllClose(input_gradient(native, x, cotangent),
+                                input_gradient(formula, x, cotangent), rtol=1e-5, atol=1e-6)
+
+    def test_torch_kernel_passes_gradcheck(self):
+        # The hand-derived backward pass against finite differences, in float64.
+        from keras_alexnet.layers import _torch_kernels
+
+        x = torch.tensor(random_activations((2, 3, 2, 7), seed=9), dtype=torch.float64)
+        for axis, size in [(-1, 5), (1, 3)]:
+            self.assertTrue(torch.autograd.gradcheck(
+                lambda v: _torch_kernels.local_response_norm(v, axis, size, 3e-3, 0.75, 2.0),
+                (x.clone().requires_grad_(True),),
+            ))
+
     def test_bvlc_alexnet_convention(self):
         # Caffe's k=1, alpha=1e-4 divided by 5 is TF's (2, 1.0, 2e-5, 0.75).
         x = random_activations((1, 3, 3, 9), seed=5)

@@ -8,28 +8,36 @@ IMPLEMENTATIONS = ("auto", "native", "split")
 # Measured with bench/bench.py (figures in BENCHMARKS.md): on TensorFlow a
 # `Conv2D(groups>1)` goes through an XLA-jitted function, 1.9x slower in an
 # AlexNet training step on CPU than one convolution per group; XLA:CPU (JAX)
-# is 2.5x faster with separate convolutions; on PyTorch the two tie, so the
-# single grouped kernel stays.
+# is 2.5x faster with separate convolutions; on PyTorch one grouped oneDNN
+# convolution on the channels-last tensor as it lies is the fastest.
 _AUTO_IMPLEMENTATION = {"tensorflow": "split", "jax": "split", "torch": "native"}
 
 
 @keras.saving.register_keras_serializable(package="keras_alexnet")
 class GroupedConv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` with `groups > 1`, computed as separate towers.
+    """`keras.layers.Conv2D` that runs the fastest grouped convolution per backend.
 
     Output group `g` (channels `[g * filters / groups, (g + 1) * filters /
     groups)`) sees only input group `g`, exactly like
     `keras.layers.Conv2D(groups=groups)`: the kernel has the same shape,
     `(kh, kw, in_channels // groups, filters)`, so weights move freely between
     the two layers and `torch.nn.Conv2d(groups=groups)`. AlexNet's conv2,
-    conv4 and conv5 are grouped in two: the paper's two GPUs.
+    conv4 and conv5 are grouped in two: the paper's two GPUs. AlexNet uses
+    this layer with `groups=1` for conv1 and conv3 too, for the PyTorch path
+    below.
+
+    On the torch backend, channels-last data, `"native"` (the `"auto"`
+    choice there) runs one `torch.nn.functional.conv2d` with the bias fused,
+    on the channels-last tensor as it lies: Keras' own torch convolution
+    copies every input to channels-first and back first. Padding `"same"`
+    with strides above 1 keeps Keras' path.
 
     Args:
         filters, kernel_size, strides, padding, ...: as `keras.layers.Conv2D`.
         groups: number of groups, >= 1; must divide the input channels and
             `filters`.
         implementation: `"native"` calls one grouped convolution
-            (`keras.ops.conv`), `"split"` runs one convolution per group and
+            (`keras.ops.conv`, or the PyTorch path above), `"split"` runs one convolution per group and
             concatenates the results, `"auto"` (default) picks the faster of
             the two for the current backend. All give the same values.
 
@@ -53,6 +61,30 @@ class GroupedConv2D(keras.layers.Conv2D):
         if self.implementation != "auto":
             return self.implementation
         return _AUTO_IMPLEMENTATION.get(keras.backend.backend(), "native")
+
+    def _uses_torch_channels_last_path(self, inputs):
+        return (
+            keras.backend.backend() == "torch"
+            and self.data_format == "channels_last"
+            and self._resolved_implementation() == "native"
+            and (self.padding == "valid" or set(self.strides) == {1})
+            and inputs.device.type != "meta"  # Keras' symbolic shape inference
+        )
+
+    def call(self, inputs):
+        if not self._uses_torch_channels_last_path(inputs):
+            return super().call(inputs)
+        from keras_alexnet.layers import _torch_kernels
+
+        outputs = _torch_kernels.conv2d(
+            ops.convert_to_tensor(inputs),
+            ops.convert_to_tensor(self.kernel),
+            ops.convert_to_tensor(self.bias) if self.use_bias else None,
+            self.strides, self.padding, self.dilation_rate, self.groups,
+        )
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
 
     def convolution_op(self, inputs, kernel):
         if self.groups == 1 or self._resolved_implementation() == "native":

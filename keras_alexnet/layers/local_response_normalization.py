@@ -7,7 +7,7 @@ IMPLEMENTATIONS = ("auto", "ops", "native")
 
 # Whether the backend's own kernel beat the keras.ops formula in a training
 # step of AlexNet (bench/bench.py, figures in BENCHMARKS.md).
-_NATIVE_IS_FASTER = {"tensorflow": True, "torch": False, "jax": False}
+_NATIVE_IS_FASTER = {"tensorflow": True, "torch": True, "jax": False}
 
 
 @keras.saving.register_keras_serializable(package="keras_alexnet")
@@ -25,10 +25,11 @@ class LocalResponseNormalization(keras.layers.Layer):
     `torch.nn.LocalResponseNorm(size, alpha * size, beta, k)`.
 
     `implementation="ops"` writes the maths with `keras.ops`, so it runs under
-    `jit` on every backend. `"native"` calls the backend's own kernel
-    (`tf.nn.local_response_normalization` for 4-D channels-last inputs on
-    TensorFlow, `torch.nn.functional.local_response_norm` on PyTorch; JAX has
-    none). `"auto"` picks the faster that exists (figures in
+    `jit` on every backend. `"native"` calls a backend-specific kernel:
+    `tf.nn.local_response_normalization` for 4-D channels-last inputs on
+    TensorFlow; on PyTorch an autograd function with a hand-derived backward
+    pass that works in place (`keras_alexnet.layers._torch_kernels`); JAX has
+    none (XLA fuses the ops formula). `"auto"` picks the faster that exists (figures in
     `BENCHMARKS.md`). All give the same values. Under mixed precision the
     normalisation is computed in float32 (a power of bfloat16 sums loses too
     many digits, and TensorFlow has no bfloat16 kernel on CPU) and cast back.
@@ -131,16 +132,11 @@ class LocalResponseNormalization(keras.layers.Layer):
         )
 
     def _torch_kernel(self, x):
-        import torch
+        from keras_alexnet.layers import _torch_kernels
 
-        # torch divides alpha by size (the Caffe convention) and wants the
-        # channels on axis 1.
-        channels_first = torch.movedim(x, self._channel_axis, 1)
-        outputs = torch.nn.functional.local_response_norm(
-            channels_first, self.size, alpha=self.alpha * self.size,
-            beta=self.beta, k=self.k,
+        return _torch_kernels.local_response_norm(
+            x, self._channel_axis, self.size, self.alpha, self.beta, self.k
         )
-        return torch.movedim(outputs, 1, self._channel_axis)
 
     def _ops_formula(self, x):
         # Windowed sum of squares along the channel axis: zero-pad size // 2

@@ -5,7 +5,7 @@ import os
 import keras
 
 from keras_alexnet._validation import check_positive_int
-from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization
+from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization, MaxPooling2D
 
 VARIANTS = ("original", "one_weird_trick")
 INITIALIZATIONS = ("paper", "caffe", "glorot", "he")
@@ -197,7 +197,12 @@ def AlexNet(
     Layers are named `conv1_pad` (when padding is needed), `conv1`..`conv5`,
     `lrn1`, `lrn2`, `pool1`, `pool2`, `pool5`, `flatten`, `fc6`, `drop6`,
     `fc7`, `drop7` and `fc8`. The model takes channels-last float images,
-    already normalised (see `keras_alexnet.presets`).
+    already normalised (see `keras_alexnet.presets`). Every convolution is a
+    `keras_alexnet.layers.GroupedConv2D` (`groups=1` where the paper has no
+    split) and every pooling a `keras_alexnet.layers.MaxPooling2D`: the
+    weights are laid out exactly as in `keras.layers.Conv2D`, and each layer
+    runs the fastest implementation measured for the backend
+    (`BENCHMARKS.md`).
 
     Args:
         variant: `"original"` or `"one_weird_trick"`.
@@ -252,18 +257,15 @@ def AlexNet(
 
     def conv(x, layer_name, filters, kernel_size, groups=1, **kwargs):
         kernel_init, bias_init = _initializers(initialization, layer_name)
-        layer_class = keras.layers.Conv2D
-        if groups > 1:
-            layer_class = GroupedConv2D
-            kwargs["implementation"] = grouped_conv_implementation
-        return layer_class(
+        return GroupedConv2D(
             filters, kernel_size, groups=groups, activation="relu",
             kernel_initializer=kernel_init, bias_initializer=bias_init,
+            implementation=grouped_conv_implementation,
             data_format="channels_last", name=layer_name, **kwargs,
         )(x)
 
     def max_pool(x, layer_name):
-        return keras.layers.MaxPooling2D(
+        return MaxPooling2D(
             3, strides=2, data_format="channels_last", name=layer_name
         )(x)
 
