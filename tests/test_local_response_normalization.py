@@ -91,11 +91,11 @@ class LocalResponseNormalizationTest(testing.TestCase):
         )
 
     def test_implementations_agree_in_value_and_gradient(self):
-        # "native" exists on TensorFlow (channels-last only) and torch (any axis).
+        # "native" exists on TensorFlow (channels-last only), torch and JAX (any axis).
         backend = keras.backend.backend()
         cases = [((2, 6, 6, 10), -1), ((2, 9, 4, 4), 1), ((3, 12), -1)]
         for shape, axis in cases:
-            native_exists = backend == "torch" or (backend == "tensorflow" and len(shape) == 4
+            native_exists = backend in ("torch", "jax") or (backend == "tensorflow" and len(shape) == 4
                                                    and axis == -1)
             if not native_exists:
                 continue

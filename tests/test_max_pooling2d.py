@@ -49,6 +49,18 @@ class MaxPooling2DTest(testing.TestCase):
                 input_gradient(layer, x, cotangent), input_gradient(reference, x, cotangent)
             )
 
+    def test_ties_route_the_gradient_as_keras_does(self):
+        # After a ReLU most windows hold several equal maxima (zeros): each
+        # window's gradient must go to the same input as in Keras' pooling.
+        rng = np.random.default_rng(2)
+        x = np.maximum(rng.normal(size=(2, 11, 11, 3)), 0).round(1).astype("float32")
+        layer = MaxPooling2D(3, strides=2)
+        reference = keras.layers.MaxPooling2D(3, strides=2)
+        cotangent = rng.normal(size=(2, 5, 5, 3)).astype("float32")
+        self.assertAllClose(
+            input_gradient(layer, x, cotangent), input_gradient(reference, x, cotangent)
+        )
+
     def test_config_round_trip(self):
         layer = MaxPooling2D(3, strides=2, name="pool1")
         restored = MaxPooling2D.from_config(layer.get_config())

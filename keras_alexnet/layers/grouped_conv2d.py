@@ -26,7 +26,10 @@ class GroupedConv2D(keras.layers.Conv2D):
     this layer with `groups=1` for conv1 and conv3 too, for the PyTorch path
     below.
 
-    On the torch backend, channels-last data, `"native"` (the `"auto"`
+    On the JAX backend every single-group convolution (each tower of
+    `"split"`, the `"auto"` choice there) is a `jax.custom_vjp` whose kernel
+    gradient is one im2col matrix product: XLA:CPU's own kernel-gradient
+    convolution is several times slower. On the torch backend, channels-last data, `"native"` (the `"auto"`
     choice there) runs one `torch.nn.functional.conv2d` with the bias fused,
     on the channels-last tensor as it lies: Keras' own torch convolution
     copies every input to channels-first and back first. Padding `"same"`
@@ -87,16 +90,41 @@ class GroupedConv2D(keras.layers.Conv2D):
         return outputs
 
     def convolution_op(self, inputs, kernel):
-        if self.groups == 1 or self._resolved_implementation() == "native":
+        if self.groups > 1 and self._resolved_implementation() == "native":
             return super().convolution_op(inputs, kernel)
+        if self.groups == 1:
+            return self._single_group_convolution(inputs, kernel)
         channel_axis = -1 if self.data_format == "channels_last" else 1
         input_groups = ops.split(inputs, self.groups, axis=channel_axis)
         kernel_groups = ops.split(kernel, self.groups, axis=-1)
         towers = [
-            super(GroupedConv2D, self).convolution_op(group_inputs, group_kernel)
+            self._single_group_convolution(group_inputs, group_kernel)
             for group_inputs, group_kernel in zip(input_groups, kernel_groups)
         ]
         return ops.concatenate(towers, axis=channel_axis)
+
+    def _single_group_convolution(self, inputs, kernel):
+        if (
+            keras.backend.backend() != "jax"
+            or self.data_format != "channels_last"
+            or set(self.dilation_rate) != {1}
+        ):
+            return super().convolution_op(inputs, kernel)
+        from keras_alexnet.layers import _jax_kernels
+
+        if self.padding == "valid":
+            padding = ((0, 0), (0, 0))
+        else:
+            padding = tuple(
+                _jax_kernels.same_padding(size, kernel_size, stride)
+                for size, kernel_size, stride in zip(
+                    inputs.shape[1:3], self.kernel_size, self.strides
+                )
+            )
+        return _jax_kernels.conv2d(
+            ops.convert_to_tensor(inputs), ops.convert_to_tensor(kernel),
+            tuple(self.strides), padding,
+        )
 
     def get_config(self):
         return {**super().get_config(), "implementation": self.implementation}

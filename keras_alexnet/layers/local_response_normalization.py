@@ -5,9 +5,6 @@ from keras import ops
 
 IMPLEMENTATIONS = ("auto", "ops", "native")
 
-# Whether the backend's own kernel beat the keras.ops formula in a training
-# step of AlexNet (bench/bench.py, figures in BENCHMARKS.md).
-_NATIVE_IS_FASTER = {"tensorflow": True, "torch": True, "jax": False}
 
 
 @keras.saving.register_keras_serializable(package="keras_alexnet")
@@ -28,9 +25,12 @@ class LocalResponseNormalization(keras.layers.Layer):
     `jit` on every backend. `"native"` calls a backend-specific kernel:
     `tf.nn.local_response_normalization` for 4-D channels-last inputs on
     TensorFlow; on PyTorch an autograd function with a hand-derived backward
-    pass that works in place (`keras_alexnet.layers._torch_kernels`); JAX has
-    none (XLA fuses the ops formula). `"auto"` picks the faster that exists (figures in
-    `BENCHMARKS.md`). All give the same values. Under mixed precision the
+    pass that works in place (`keras_alexnet.layers._torch_kernels`); on JAX
+    a `jax.custom_vjp` with the same closed-form gradient, which XLA fuses
+    into fewer passes than the gradient it derives from the formula.
+    `"auto"` uses the native kernel where one exists (it trained faster on
+    every backend: `BENCHMARKS.md`) and the formula elsewhere. All give the
+    same values. Under mixed precision the
     normalisation is computed in float32 (a power of bfloat16 sums loses too
     many digits, and TensorFlow has no bfloat16 kernel on CPU) and cast back.
 
@@ -95,27 +95,25 @@ class LocalResponseNormalization(keras.layers.Layer):
                 f"Received: input_shape={input_shape}, axis={self.axis}"
             )
         backend = keras.backend.backend()
-        native_exists = backend == "torch" or (
+        native_exists = backend in ("torch", "jax") or (
             backend == "tensorflow" and rank == 4 and self._channel_axis == 3
         )
         if self.implementation == "native" and not native_exists:
             raise ValueError(
                 "No native LRN kernel exists for this backend and input (TensorFlow "
-                "needs 4-D channels-last inputs; JAX has none): use "
+                "needs 4-D channels-last inputs): use "
                 "implementation='ops' or 'auto'. Received: implementation='native', "
                 f"backend={backend!r}, input_shape={input_shape}, axis={self.axis}"
             )
-        self._native = native_exists and self.implementation != "ops" and (
-            self.implementation == "native" or _NATIVE_IS_FASTER[backend]
-        )
+        # Where a native kernel exists it trained AlexNet faster than the ops
+        # formula on every backend (bench/bench.py, figures in BENCHMARKS.md).
+        self._native = native_exists and self.implementation != "ops"
 
     def call(self, inputs):
         compute_dtype = inputs.dtype
         x = ops.cast(inputs, "float32")
-        if self._native and keras.backend.backend() == "tensorflow":
-            outputs = self._tf_kernel(x)
-        elif self._native:
-            outputs = self._torch_kernel(x)
+        if self._native:
+            outputs = self._NATIVE_KERNELS[keras.backend.backend()](self, x)
         else:
             outputs = self._ops_formula(x)
         return ops.cast(outputs, compute_dtype)
@@ -137,6 +135,17 @@ class LocalResponseNormalization(keras.layers.Layer):
         return _torch_kernels.local_response_norm(
             x, self._channel_axis, self.size, self.alpha, self.beta, self.k
         )
+
+    def _jax_kernel(self, x):
+        from keras_alexnet.layers import _jax_kernels
+
+        return _jax_kernels.local_response_norm(
+            x, self._channel_axis, self.size, self.alpha, self.beta, self.k
+        )
+
+    _NATIVE_KERNELS = {
+        "tensorflow": _tf_kernel, "torch": _torch_kernel, "jax": _jax_kernel,
+    }
 
     def _ops_formula(self, x):
         # Windowed sum of squares along the channel axis: zero-pad size // 2
