@@ -2,3 +2,24 @@ import os
 
 # Quiet TensorFlow's C++ start-up logs in test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_configure(config):
+    """On a GPU, compute float32 as float32: the tests compare against float32
+    references with float32 tolerances, and TF32 matrix units (the default
+    on Ampere and later GPUs for TensorFlow, for convolutions in PyTorch and
+    for matrix products in JAX) keep only 10 bits of mantissa."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    elif backend == "torch":
+        import torch
+
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    elif backend == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")

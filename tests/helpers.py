@@ -19,11 +19,9 @@ def input_gradient(function, x, cotangent):
         import jax
 
         return np.asarray(jax.grad(lambda v: (function(v) * cotangent).sum())(x))
-    import torch
-
-    x = torch.tensor(x, requires_grad=True)
-    (function(x) * torch.tensor(cotangent)).sum().backward()
-    return x.grad.numpy()
+    x = keras.ops.convert_to_tensor(x).requires_grad_(True)  # on Keras' device
+    (function(x) * keras.ops.convert_to_tensor(cotangent)).sum().backward()
+    return keras.ops.convert_to_numpy(x.grad)
 
 
 def layer_gradients(layer, x, cotangent):
@@ -49,8 +47,7 @@ def layer_gradients(layer, x, cotangent):
 
         weight_grads, x_grad = jax.grad(loss, argnums=(0, 1))(weights, x)
         return [np.asarray(x_grad), *[np.asarray(g) for g in weight_grads]]
-    import torch
-
-    tensors = [torch.tensor(value, requires_grad=True) for value in [x, *weights]]
+    tensors = [keras.ops.convert_to_tensor(value).requires_grad_(True)
+               for value in [x, *weights]]
     loss(tensors[1:], tensors[0]).backward()
-    return [t.grad.numpy() for t in tensors]
+    return [keras.ops.convert_to_numpy(t.grad) for t in tensors]

@@ -180,11 +180,16 @@ def test_minimum_input_size_is_the_smallest_that_builds():
 
 
 def test_import_adds_no_backend_framework():
-    """keras_alexnet itself imports neither jax nor torch (keras may)."""
+    """keras_alexnet itself imports neither jax nor torch (keras may), and
+    building the model imports TensorFlow only where Keras' backend is it."""
     script = (
         "import sys, keras; before = set(sys.modules); import keras_alexnet; "
+        "keras_alexnet.AlexNet(input_shape=(67, 67, 3), classes=3); "
         "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
-        "assert not new & {'jax', 'torch'}, new; print(keras.backend.backend())"
+        "assert not new & {'jax', 'torch'}, new; "
+        "assert keras.backend.backend() == 'tensorflow' or 'tensorflow' not in new, new; "
+        "assert callable(keras_alexnet.export_saved_model); "
+        "print(keras.backend.backend())"
     )
     backend = keras.backend.backend()
     env = {**os.environ, "KERAS_BACKEND": backend}

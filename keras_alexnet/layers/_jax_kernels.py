@@ -12,7 +12,8 @@ one comparison per window offset. The functions here are `jax.custom_vjp`s
 whose forward passes are XLA's own and whose backward passes are those
 cheaper forms; they compute the same values (tested against XLA's own
 gradients and finite differences). Only the layers in this package call
-them, and only on the JAX backend.
+them, only on the JAX backend, and (but for the LRN gradient) only when JAX
+computes on the CPU: on a GPU, XLA's convolutions are cuDNN's.
 """
 
 import functools
@@ -22,6 +23,11 @@ import jax.numpy as jnp
 from jax import lax
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def computes_on_cpu():
+    """Whether JAX runs on the CPU, where XLA's own gradients measured slow."""
+    return jax.default_backend() == "cpu"
 
 
 def same_padding(size, kernel_size, stride):

@@ -12,7 +12,7 @@ class MaxPooling2D(keras.layers.MaxPooling2D):
     channels-last data and `padding="valid"` (AlexNet's overlapping 3x3
     stride-2 pooling): on the torch backend it pools the channels-last tensor
     as it lies in memory, where Keras' own torch pooling first copies the
-    whole input to channels-first; on the JAX backend its gradient is one
+    whole input to channels-first; on JAX on CPU its gradient is one
     comparison per window offset, 3x faster on CPU than XLA's
     select-and-scatter (`keras_alexnet.layers._jax_kernels`). Every other
     case, and TensorFlow, is Keras' path.
@@ -35,6 +35,8 @@ class MaxPooling2D(keras.layers.MaxPooling2D):
         if backend == "jax":
             from keras_alexnet.layers import _jax_kernels
 
+            if not _jax_kernels.computes_on_cpu():
+                return super().call(inputs)
             return _jax_kernels.max_pool2d(inputs, self.pool_size, self.strides)
         if inputs.device.type == "meta":  # Keras' symbolic shape inference
             return super().call(inputs)
