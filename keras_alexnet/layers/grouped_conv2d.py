@@ -6,11 +6,11 @@ from keras import ops
 IMPLEMENTATIONS = ("auto", "native", "split")
 
 # Measured with bench/bench.py (figures in BENCHMARKS.md): on TensorFlow a
-# `Conv2D(groups>1)` goes through an XLA-jitted function, 1.9x slower in an
+# `Conv2D(groups>1)` goes through an XLA-jitted function, 1.7x slower in an
 # AlexNet training step on CPU than one convolution per group; XLA:CPU (JAX)
-# is 2.5x faster with separate convolutions (and XLA:GPU 1.07x on an H100);
-# on PyTorch one grouped oneDNN
-# convolution on the channels-last tensor as it lies is the fastest.
+# is 3x faster with separate convolutions (and XLA:GPU 1.07x on an H100); on
+# PyTorch one grouped oneDNN convolution on the channels-last tensor as it
+# lies is the fastest.
 _AUTO_IMPLEMENTATION = {"tensorflow": "split", "jax": "split", "torch": "native"}
 
 
@@ -31,10 +31,12 @@ class GroupedConv2D(keras.layers.Conv2D):
     `"split"`, the `"auto"` choice there) is a `jax.custom_vjp` whose kernel
     gradient is one im2col matrix product: XLA:CPU's own kernel-gradient
     convolution is several times slower. (On an H100, XLA's own gradients
-    are kept, and `"split"` still trained 7% faster than `"native"`.) On the torch backend, channels-last data, `"native"` (the `"auto"`
+    are kept, and `"split"` still trained 7% faster than `"native"`.)
+
+    On the torch backend, for channels-last data, `"native"` (the `"auto"`
     choice there) runs one `torch.nn.functional.conv2d` with the bias fused,
     on the channels-last tensor as it lies: Keras' own torch convolution
-    copies every input to channels-first and back first. Padding `"same"`
+    first copies every input to channels-first and back. Padding `"same"`
     with strides above 1 keeps Keras' path.
 
     Args:
@@ -42,9 +44,10 @@ class GroupedConv2D(keras.layers.Conv2D):
         groups: number of groups, >= 1; must divide the input channels and
             `filters`.
         implementation: `"native"` calls one grouped convolution
-            (`keras.ops.conv`, or the PyTorch path above), `"split"` runs one convolution per group and
-            concatenates the results, `"auto"` (default) picks the faster of
-            the two for the current backend. All give the same values.
+            (`keras.ops.conv`, or the PyTorch path above), `"split"` runs
+            one convolution per group and concatenates the results, `"auto"`
+            (default) picks the faster of the two for the current backend.
+            All give the same values.
 
     Example:
 
