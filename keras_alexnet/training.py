@@ -26,7 +26,7 @@ from keras_alexnet import evaluation
 from keras_alexnet._validation import check_positive_int
 from keras_alexnet.export import export_saved_model
 from keras_alexnet.models import AlexNet
-from keras_alexnet.models.alexnet import INITIALIZATIONS, VARIANTS
+from keras_alexnet.models.alexnet import validate_architecture
 from keras_alexnet.presets import EvalPreset, TrainPreset
 
 DISTRIBUTIONS = ("none", "mirrored", "data-parallel")
@@ -97,13 +97,7 @@ class Recipe:
             raise ValueError(f"`weight_decay` must be >= 0. Received: {self.weight_decay!r}")
         if not isinstance(self.max_lr_drops, int) or self.max_lr_drops < 0:
             raise ValueError(f"`max_lr_drops` must be >= 0. Received: {self.max_lr_drops!r}")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"`variant` must be one of {VARIANTS}. Received: {self.variant!r}")
-        if self.initialization not in INITIALIZATIONS:
-            raise ValueError(f"`initialization` must be one of {INITIALIZATIONS}. "
-                             f"Received: {self.initialization!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: {self.dropout!r}")
+        validate_architecture(self.variant, self.initialization, self.dropout)
         # Validates the augmentation settings before any data is touched.
         TrainPreset(crop_size=self.image_size, resize_size=self.resize_size,
                     lighting_std=self.lighting_std, policy=self.policy)

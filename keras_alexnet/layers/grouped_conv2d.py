@@ -70,12 +70,6 @@ class GroupedConv2D(keras.layers.Conv2D):
             return self.implementation
         return _AUTO_IMPLEMENTATION.get(keras.backend.backend(), "native")
 
-    @staticmethod
-    def _jax_computes_on_cpu():
-        from keras_alexnet.layers import _jax_kernels
-
-        return _jax_kernels.computes_on_cpu()
-
     def _uses_torch_channels_last_path(self, inputs):
         return (
             keras.backend.backend() == "torch"
@@ -119,11 +113,12 @@ class GroupedConv2D(keras.layers.Conv2D):
             keras.backend.backend() != "jax"
             or self.data_format != "channels_last"
             or set(self.dilation_rate) != {1}
-            or not self._jax_computes_on_cpu()
         ):
             return super().convolution_op(inputs, kernel)
         from keras_alexnet.layers import _jax_kernels
 
+        if not _jax_kernels.computes_on_cpu():
+            return super().convolution_op(inputs, kernel)
         if self.padding == "valid":
             padding = ((0, 0), (0, 0))
         else:

@@ -6,7 +6,6 @@ from keras import ops
 IMPLEMENTATIONS = ("auto", "ops", "native")
 
 
-
 @keras.saving.register_keras_serializable(package="keras_alexnet")
 class LocalResponseNormalization(keras.layers.Layer):
     """Local response normalisation across channels (Krizhevsky et al. 2012).
@@ -30,9 +29,9 @@ class LocalResponseNormalization(keras.layers.Layer):
     into fewer passes than the gradient it derives from the formula.
     `"auto"` uses the native kernel where one exists (it trained faster on
     every backend: `BENCHMARKS.md`) and the formula elsewhere. All give the
-    same values. Under mixed precision the
-    normalisation is computed in float32 (a power of bfloat16 sums loses too
-    many digits, and TensorFlow has no bfloat16 kernel on CPU) and cast back.
+    same values. Under mixed precision the normalisation is computed in
+    float32 (a power of bfloat16 sums loses too many digits, and TensorFlow
+    has no bfloat16 kernel on CPU) and cast back.
 
     Args:
         size: number of channels in the window, a positive odd integer.

@@ -86,8 +86,10 @@ def minimum_input_size(variant="original"):
     return size
 
 
-def _validate_arguments(variant, include_top, weights, pooling, classes,
-                        dropout, initialization):
+def validate_architecture(variant, initialization, dropout):
+    """Raises ValueError for an unknown variant or initialisation, or a dropout
+    rate outside [0, 1): the checks a training recipe makes before any data is
+    read, and `AlexNet` before it builds."""
     if variant not in VARIANTS:
         raise ValueError(
             f"`variant` must be one of {VARIANTS}. Received: variant={variant!r}"
@@ -97,6 +99,15 @@ def _validate_arguments(variant, include_top, weights, pooling, classes,
             f"`initialization` must be one of {INITIALIZATIONS}. "
             f"Received: initialization={initialization!r}"
         )
+    if not 0 <= dropout < 1:
+        raise ValueError(
+            f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
+        )
+
+
+def _validate_arguments(variant, include_top, weights, pooling, classes,
+                        dropout, initialization):
+    validate_architecture(variant, initialization, dropout)
     if weights is not None:
         if not isinstance(weights, (str, os.PathLike)) or not str(weights).endswith(
             ".weights.h5"
@@ -121,10 +132,6 @@ def _validate_arguments(variant, include_top, weights, pooling, classes,
             f"include_top={include_top}"
         )
     check_positive_int("classes", classes)
-    if not 0 <= dropout < 1:
-        raise ValueError(
-            f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
-        )
 
 
 def _resolve_input_shape(variant, input_shape, input_tensor, include_top):
