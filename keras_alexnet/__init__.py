@@ -8,11 +8,12 @@ PyTorch without it.
 """
 
 from keras_alexnet import layers
+from keras_alexnet.imagenet import decode_predictions
 from keras_alexnet.models import AlexNet
 
 __version__ = "0.1.0"
 
-__all__ = ["AlexNet", "export_saved_model", "layers", "__version__"]
+__all__ = ["AlexNet", "decode_predictions", "export_saved_model", "layers", "__version__"]
 
 
 def __getattr__(name):

@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 
+from keras_alexnet.models import normalizes_inputs
+
 
 def top_k_error(probabilities, labels, k):
     """Fraction of examples whose label is not among the `k` highest scores."""
@@ -22,11 +24,22 @@ def predict_probabilities(model, dataset, from_logits=False):
     """Softmax outputs and labels over a dataset of `(images, labels)` batches.
 
     Batches of shape `(batch, crops, H, W, 3)` (see `EvalPreset(ten_crop=True)`)
-    are averaged over the crops, as in the paper's 10-crop test.
+    are averaged over the crops, as in the paper's 10-crop test. A model
+    that normalises its inputs itself (`include_preprocessing=True`) needs
+    batches of pixel values in [0, 255]: `EvalPreset.for_model(model)`.
     """
+    takes_pixels = normalizes_inputs(model)
     all_probabilities, all_labels = [], []
     for images, labels in dataset:
         images = np.asarray(images)
+        # Pixel values are never negative; normalised images almost always are.
+        if takes_pixels and images.min() < 0:
+            raise ValueError(
+                "The model normalises its inputs itself (include_preprocessing=True), "
+                "but these images were normalised already (they hold negative values): "
+                "build the dataset with `EvalPreset.for_model(model)` or "
+                "`EvalPreset(normalize=False)`."
+            )
         crops = images.shape[1] if images.ndim == 5 else 1
         flat = images.reshape((-1,) + images.shape[-3:])
         outputs = keras.ops.convert_to_numpy(model(flat, training=False)).astype("float64")

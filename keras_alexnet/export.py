@@ -7,12 +7,16 @@ Signatures of the export:
   width -> `probabilities` `(N, classes)`, `top_k_indices` and
   `top_k_probabilities` `(N, k)`, `top_k_labels` `(N, k)` strings. Inside
   the graph the images go through `EvalPreset.preprocess` (short side to 256,
-  central crop, normalisation): the code the evaluation pipeline runs.
+  central crop, normalisation): the code the evaluation pipeline runs. A
+  model that normalises its inputs itself (`include_preprocessing=True`)
+  gets the crops as pixel values and normalises them with its own constants.
 - `predict_preprocessed`: `inputs`, float32 `(N, crop, crop, 3)` already
-  preprocessed -> `outputs`, the model's raw output.
+  preprocessed (for a self-normalising model: cropped pixel values in
+  [0, 255]) -> `outputs`, the model's raw output.
 
 The class names are stored as the asset `class_names.txt` (one per line,
-line `i` is class `i`).
+line `i` is class `i`); a 1000-class model gets the ILSVRC-2012 names by
+default.
 
 On the TensorFlow backend the model is exported in-process. On JAX and
 PyTorch the same architecture is rebuilt under TensorFlow in a subprocess
@@ -36,6 +40,8 @@ import keras
 import tensorflow as tf
 
 from keras_alexnet._validation import check_positive_int
+from keras_alexnet.imagenet import imagenet_class_names
+from keras_alexnet.models import normalizes_inputs
 from keras_alexnet.presets import EvalPreset
 
 CLASS_NAMES_ASSET = "class_names.txt"
@@ -50,9 +56,11 @@ def export_saved_model(model, path, class_names=None, preset=None, top_k=5,
             e.g. from `keras_alexnet.AlexNet()`.
         path: the export folder. For TensorFlow Serving use
             `<models>/<name>/<version>` (e.g. `exports/alexnet/1`).
-        class_names: the label of each output class; defaults to "0", "1", ...
+        class_names: the label of each output class; defaults to the
+            ILSVRC-2012 names for 1000 classes, else "0", "1", ...
         preset: the `EvalPreset` applied to raw images in `serving_default`;
-            by default one whose crop matches the model's input size.
+            by default one whose crop matches the model's input size, which
+            does not normalise when the model does so itself.
         top_k: how many top classes `serving_default` returns.
         overwrite: replace an existing export at `path`. Without it an
             existing `path` is an error and is left untouched.
@@ -63,8 +71,10 @@ def export_saved_model(model, path, class_names=None, preset=None, top_k=5,
     path = Path(path).expanduser().resolve()
     crop_size = _square_input_size(model)
     classes = int(model.output_shape[-1])
-    class_names = [str(index) for index in range(classes)] if class_names is None else [
-        str(name) for name in class_names]
+    if class_names is None:
+        class_names = (imagenet_class_names() if classes == len(imagenet_class_names())
+                       else range(classes))
+    class_names = [str(name) for name in class_names]
     if len(class_names) != classes:
         raise ValueError(
             f"`class_names` has {len(class_names)} names but the model has {classes} "
@@ -73,10 +83,18 @@ def export_saved_model(model, path, class_names=None, preset=None, top_k=5,
     if any("\n" in name or "\r" in name for name in class_names):
         raise ValueError("Class names must not contain line breaks.")
     check_positive_int("top_k", top_k)
-    preset = preset or EvalPreset(crop_size=crop_size, resize_size=max(256, crop_size))
+    model_normalizes = normalizes_inputs(model)
+    preset = preset or EvalPreset(crop_size=crop_size, resize_size=max(256, crop_size),
+                                  normalize=not model_normalizes)
     if preset.crop_size != crop_size or preset.ten_crop:
         raise ValueError(
             f"`preset` must make single {crop_size}x{crop_size} crops for this model. "
+            f"Received: preset={preset}"
+        )
+    if preset.normalize and model_normalizes:
+        raise ValueError(
+            "The model normalises its inputs itself (include_preprocessing=True); a "
+            "`preset` that normalises too would do it twice: pass normalize=False. "
             f"Received: preset={preset}"
         )
     if path.exists() and not overwrite:

@@ -5,9 +5,12 @@ dataset of decoded `(uint8 image, label)` pairs (see `keras_alexnet.data`)
 into batches the model trains or is evaluated on.
 
 Normalisation lives here, at the end of every preset: the model takes
-`(pixels / 255 - mean) / std`. The SavedModel export applies
-`EvalPreset.preprocess` inside its serving graph, so served and evaluated
-images go through the same code.
+`(pixels / 255 - mean) / std`. A model that normalises its inputs itself
+(`AlexNet(include_preprocessing=True)`, e.g. with pretrained weights) takes
+pixel values in [0, 255] instead: give it presets with `normalize=False`
+(`EvalPreset.for_model(model)` does), so nothing is normalised twice. The
+SavedModel export applies `EvalPreset.preprocess` inside its serving graph,
+so served and evaluated images go through the same code.
 """
 
 import dataclasses
@@ -16,9 +19,9 @@ import tensorflow as tf
 
 from keras_alexnet._validation import check_positive_int
 from keras_alexnet.augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from keras_alexnet.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from keras_alexnet.models import normalizes_inputs
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 POLICIES = (None, "randaugment", "augmix")
 
 
@@ -77,6 +80,8 @@ class TrainPreset:
         mean, std: per-channel normalisation, pixels in [0, 1].
         policy: `None` (the paper), `"randaugment"` or `"augmix"`: a stronger
             keras-cv policy on top (needs the `cv` extra).
+        normalize: `False` for a model that normalises its inputs itself:
+            the batches then hold pixel values in [0, 255].
     """
 
     crop_size: int = 227
@@ -88,6 +93,7 @@ class TrainPreset:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     policy: str = None
+    normalize: bool = True
 
     def __post_init__(self):
         _check_sizes(self.crop_size, self.resize_size)
@@ -148,12 +154,13 @@ class TrainPreset:
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder,
                                 num_parallel_calls=tf.data.AUTOTUNE)
         policy = self._policy_layer(seed)
-        mean, std = self.mean, self.std
 
         def finish_batch(images, labels):
             if policy is not None:
                 images = policy(tf.clip_by_value(images, 0.0, 1.0))
-            return normalize(images, mean, std), labels
+            if not self.normalize:
+                return images * 255.0, labels
+            return normalize(images, self.mean, self.std), labels
 
         dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
         return _with_options(dataset, deterministic)
@@ -180,6 +187,8 @@ class EvalPreset:
     four corners and the centre of the central `resize_size` square, each
     also flipped): batches of shape `(batch, 10, crop, crop, 3)`; average the
     model's softmax over axis 1 (`keras_alexnet.evaluation.evaluate` does).
+    `normalize=False` leaves pixel values in [0, 255], for a model that
+    normalises its inputs itself.
     """
 
     crop_size: int = 227
@@ -187,28 +196,58 @@ class EvalPreset:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     ten_crop: bool = False
+    normalize: bool = True
 
     def __post_init__(self):
         _check_sizes(self.crop_size, self.resize_size)
 
+    @classmethod
+    def for_model(cls, model, **kwargs):
+        """The preset that feeds `model`: crops of its input size, short side
+        `max(256, crop)`, normalised unless the model normalises itself.
+
+        Example:
+
+        >>> model = keras_alexnet.AlexNet(weights="alexnet-owt-7be5be79.pth",
+        ...                               include_preprocessing=True)
+        >>> EvalPreset.for_model(model)
+        EvalPreset(crop_size=224, resize_size=256, ..., normalize=False)
+        """
+        _, height, width, _ = model.input_shape
+        if height is None or height != width:
+            raise ValueError(
+                "The model must take square images of a fixed size. "
+                f"Received: input_shape={model.input_shape}"
+            )
+        settings = dict(crop_size=height, resize_size=max(256, height),
+                        normalize=not normalizes_inputs(model))
+        return cls(**{**settings, **kwargs})
+
     def preprocess(self, images):
-        """uint8 image(s) `(..., H, W, 3)` of any size -> normalised float32 centre crop(s).
+        """uint8 image(s) `(..., H, W, 3)` of any size -> float32 centre crop(s), normalised
+        (or pixel values in [0, 255] with `normalize=False`).
 
         Works on one image or a batch (a batch is resized as a whole, so its
         images share a size). Used by the SavedModel's serving signature.
         """
         images = center_crop(resize_short_side(images, self.resize_size), self.crop_size)
-        return normalize(images / 255.0, self.mean, self.std)
+        return self._model_inputs(images)
 
     def ten_crops(self, image):
-        """One uint8 image -> `(10, crop, crop, 3)` normalised crops."""
+        """One uint8 image -> `(10, crop, crop, 3)` crops, normalised unless `normalize=False`."""
         square = center_crop(resize_short_side(image, self.resize_size), self.resize_size)
         far = self.resize_size - self.crop_size
         corners = [(0, 0), (0, far), (far, 0), (far, far), (far // 2, far // 2)]
         crops = tf.stack([square[top : top + self.crop_size, left : left + self.crop_size]
                           for top, left in corners])
         crops = tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
-        return normalize(crops / 255.0, self.mean, self.std)
+        return self._model_inputs(crops)
+
+    def _model_inputs(self, pixels):
+        """Float pixel values in [0, 255] -> normalised, unless `normalize=False`."""
+        if not self.normalize:
+            return pixels
+        return normalize(pixels / 255.0, self.mean, self.std)
 
     def dataset(self, examples, batch_size, cache=False, deterministic=True):
         """Batches of `(normalised images, labels)`, in order, keeping the last batch."""

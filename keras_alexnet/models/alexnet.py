@@ -1,10 +1,12 @@
 """AlexNet (Krizhevsky, Sutskever and Hinton, NIPS 2012) as a Keras 3 model."""
 
-import os
+import math
 
 import keras
 
+from keras_alexnet import convert
 from keras_alexnet._validation import check_positive_int
+from keras_alexnet.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization, MaxPooling2D
 
 VARIANTS = ("original", "one_weird_trick")
@@ -12,6 +14,17 @@ INITIALIZATIONS = ("paper", "caffe", "glorot", "he")
 POOLINGS = (None, "avg", "max")
 
 DEFAULT_INPUT_SHAPES = {"original": (227, 227, 3), "one_weird_trick": (224, 224, 3)}
+
+# Constants of `LocalResponseNormalization`, in the paper's formula (the sum of
+# squares is not divided by `size`). Caffe divides its alpha by local_size and
+# defaults k to 1: bvlc_alexnet's `local_size 5, alpha 1e-4, beta 0.75` is
+# alpha 2e-5, k 1 here.
+LRN_CONSTANTS = {
+    "paper": {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0},
+    "caffe": {"size": 5, "alpha": 2e-5, "beta": 0.75, "k": 1.0},
+}
+# The layer `include_preprocessing=True` puts first; it takes pixel values in [0, 255].
+PREPROCESSING_LAYER_NAME = "preprocessing"
 
 # Per variant: conv filters, conv2/4/5 groups, LRN after blocks 1-2, conv1's
 # fixed padding (None: pad only what a valid 11x11/4 conv needs, see below)
@@ -105,22 +118,8 @@ def validate_architecture(variant, initialization, dropout):
         )
 
 
-def _validate_arguments(variant, include_top, weights, pooling, classes,
-                        dropout, initialization):
+def _validate_arguments(variant, include_top, pooling, classes, dropout, initialization):
     validate_architecture(variant, initialization, dropout)
-    if weights is not None:
-        if not isinstance(weights, (str, os.PathLike)) or not str(weights).endswith(
-            ".weights.h5"
-        ):
-            raise ValueError(
-                "`weights` must be None (random initialisation) or the path of a "
-                "`.weights.h5` file saved with `model.save_weights()`; no "
-                f"pretrained weights are downloaded. Received: weights={weights!r}"
-            )
-        if not os.path.isfile(weights):
-            raise ValueError(
-                f"The weights file does not exist. Received: weights={weights!r}"
-            )
     if pooling not in POOLINGS:
         raise ValueError(
             f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}"
@@ -132,6 +131,101 @@ def _validate_arguments(variant, include_top, weights, pooling, classes,
             f"include_top={include_top}"
         )
     check_positive_int("classes", classes)
+
+
+def _resolve_lrn_constants(variant, lrn_constants):
+    """The LRN layer's constants: the paper's by default, a named set or a dict."""
+    if not _SPECS[variant]["lrn"]:
+        if lrn_constants is not None:
+            raise ValueError(
+                f"variant={variant!r} has no local response normalisation. "
+                f"Received: lrn_constants={lrn_constants!r}"
+            )
+        return None
+    if lrn_constants is None:
+        return LRN_CONSTANTS["paper"]
+    if isinstance(lrn_constants, str) and lrn_constants in LRN_CONSTANTS:
+        return LRN_CONSTANTS[lrn_constants]
+    if isinstance(lrn_constants, dict) and set(lrn_constants) <= set(LRN_CONSTANTS["paper"]):
+        return {**LRN_CONSTANTS["paper"], **lrn_constants}
+    raise ValueError(
+        f"`lrn_constants` must be None, one of {tuple(LRN_CONSTANTS)} or a dict with "
+        f"keys among {tuple(LRN_CONSTANTS['paper'])}. Received: lrn_constants={lrn_constants!r}"
+    )
+
+
+def _same_lrn_constants(first, second):
+    return first.keys() == second.keys() and all(
+        math.isclose(first[key], second[key], rel_tol=1e-6) for key in first)
+
+
+def _follow_weights(pretrained, variant, classes, lrn_constants, include_top):
+    """The variant, class count and LRN constants of the weights file.
+
+    What the file records wins; an argument that contradicts it is an error.
+    A `.weights.h5` saved by `model.save_weights` records nothing, and the
+    arguments (or their defaults) apply.
+    """
+    if pretrained is None or pretrained.variant is None:
+        variant = variant or "original"
+        return variant, 1000 if classes is None else classes, lrn_constants
+    origin = f"{pretrained.path} holds {pretrained.source} weights of"
+    if variant not in (None, pretrained.variant):
+        raise ValueError(
+            f"{origin} variant={pretrained.variant!r}. Received: variant={variant!r}"
+        )
+    if include_top and classes not in (None, pretrained.classes):
+        raise ValueError(
+            f"{origin} {pretrained.classes} classes; build with include_top=False to "
+            f"use its features for another task. Received: classes={classes!r}"
+        )
+    if lrn_constants is not None:
+        requested = _resolve_lrn_constants(pretrained.variant, lrn_constants)
+        if not _same_lrn_constants(requested, pretrained.lrn_constants):
+            raise ValueError(
+                f"{origin} LRN constants {pretrained.lrn_constants}. "
+                f"Received: lrn_constants={lrn_constants!r}"
+            )
+    return pretrained.variant, pretrained.classes, pretrained.lrn_constants
+
+
+def _preprocessing(pretrained):
+    """`keras.layers.Normalization` with the pixel statistics the weights were trained with.
+
+    ImageNet's mean and standard deviation (the presets' normalisation) unless
+    the weights file records others (Caffe: its mean, no scaling).
+    """
+    if pretrained is not None and pretrained.pixel_mean is not None:
+        mean, std = pretrained.pixel_mean, pretrained.pixel_std
+    else:
+        mean = [255 * value for value in IMAGENET_MEAN]
+        std = [255 * value for value in IMAGENET_STD]
+    return keras.layers.Normalization(
+        mean=list(mean), variance=[value**2 for value in std],
+        name=PREPROCESSING_LAYER_NAME,
+    )
+
+
+def normalizes_inputs(model):
+    """Whether `model` takes raw pixel values and normalises them itself.
+
+    True for `AlexNet(include_preprocessing=True)` and for any model whose
+    inputs go straight into a `keras.layers.Normalization` or `Rescaling`
+    layer (keras.applications' ConvNeXt and EfficientNet, for example). The
+    presets, evaluation and `export_saved_model` use it so that no image is
+    normalised twice.
+
+    Example:
+
+    >>> normalizes_inputs(keras_alexnet.AlexNet(include_preprocessing=True))
+    True
+    """
+    inputs = {id(tensor) for tensor in model.inputs}
+    return any(
+        isinstance(layer, (keras.layers.Normalization, keras.layers.Rescaling))
+        and id(layer.input) in inputs
+        for layer in model.layers
+    )
 
 
 def _resolve_input_shape(variant, input_shape, input_tensor, include_top):
@@ -164,18 +258,20 @@ def _resolve_input_shape(variant, input_shape, input_tensor, include_top):
 
 
 def AlexNet(
-    variant="original",
+    variant=None,
     include_top=True,
     weights=None,
     input_tensor=None,
     input_shape=None,
     pooling=None,
-    classes=1000,
+    classes=None,
     classifier_activation="softmax",
     dropout=0.5,
     initialization="paper",
     grouped_conv_implementation="auto",
     lrn_implementation="auto",
+    lrn_constants=None,
+    include_preprocessing=False,
     name="alexnet",
 ):
     """Instantiates AlexNet.
@@ -201,10 +297,21 @@ def AlexNet(
     61,100,840 parameters at 224x224 and 1000 classes, one Keras layer per
     torchvision layer with weights.
 
-    Layers are named `conv1_pad` (when padding is needed), `conv1`..`conv5`,
-    `lrn1`, `lrn2`, `pool1`, `pool2`, `pool5`, `flatten`, `fc6`, `drop6`,
-    `fc7`, `drop7` and `fc8`. The model takes channels-last float images,
-    already normalised (see `keras_alexnet.presets`). Every convolution is a
+    Pretrained weights: `weights` takes Caffe's `bvlc_alexnet.caffemodel`
+    (the original variant, top-1 57.1%) and torchvision's
+    `alexnet-owt-7be5be79.pth` (one_weird_trick, top-1 56.5%) as they are
+    published, or a `.weights.h5` converted from them with
+    `python -m keras_alexnet.convert` (see `keras_alexnet.convert`). The
+    variant, LRN constants and class count then follow the file, and
+    `include_preprocessing=True` normalises with the statistics the weights
+    were trained with.
+
+    Layers are named `preprocessing` (with `include_preprocessing=True`),
+    `conv1_pad` (when padding is needed), `conv1`..`conv5`, `lrn1`, `lrn2`,
+    `pool1`, `pool2`, `pool5`, `flatten`, `fc6`, `drop6`, `fc7`, `drop7` and
+    `fc8`. The model takes channels-last float images: normalised (see
+    `keras_alexnet.presets`), or with `include_preprocessing=True` RGB pixel
+    values in [0, 255]. Every convolution is a
     `keras_alexnet.layers.GroupedConv2D` (`groups=1` where the paper has no
     split) and every pooling a `keras_alexnet.layers.MaxPooling2D`: the
     weights are laid out exactly as in `keras.layers.Conv2D`, and each layer
@@ -212,18 +319,25 @@ def AlexNet(
     (`BENCHMARKS.md`).
 
     Args:
-        variant: `"original"` or `"one_weird_trick"`.
-        include_top: whether to include fc6, fc7 and fc8.
-        weights: `None` (random initialisation) or the path of a
-            `.weights.h5` file saved from the same architecture. No
-            pretrained weights are downloaded.
+        variant: `"original"` or `"one_weird_trick"`; by default the
+            weights file's, else `"original"`.
+        include_top: whether to include fc6, fc7 and fc8. With
+            `include_top=False` pretrained weights fill the convolutions.
+        weights: `None` (random initialisation), the path of a
+            `.caffemodel`, `.pth` / `.pt` (a torchvision AlexNet state dict,
+            read with PyTorch) or `.weights.h5` file, or a `PretrainedWeights`
+            from `keras_alexnet.convert.read_weights`. Nothing is downloaded.
+            A `.weights.h5` saved by `model.save_weights` must come from the
+            same architecture. Every shape is checked before any weight is
+            assigned.
         input_tensor: optional Keras tensor to use as the model's input.
         input_shape: `(height, width, 3)`; defaults to 227x227x3 (original)
             or 224x224x3 (one_weird_trick). With `include_top=False` height
             and width may be `None`.
         pooling: with `include_top=False`, `None` (4-D pool5 output),
             `"avg"` or `"max"` (global pooling to a 2-D output).
-        classes: number of classes of fc8.
+        classes: number of classes of fc8; by default the weights file's,
+            else 1000.
         classifier_activation: activation of fc8, e.g. `"softmax"` or `None`
             for logits.
         dropout: dropout rate of fc6 and fc7 (the paper's 0.5).
@@ -237,6 +351,17 @@ def AlexNet(
             see `keras_alexnet.layers.GroupedConv2D`.
         lrn_implementation: `"auto"`, `"ops"` or `"native"`; see
             `keras_alexnet.layers.LocalResponseNormalization`.
+        lrn_constants: the constants of lrn1 and lrn2 in the paper's formula:
+            `None` (the weights file's, else the paper's), `"paper"` (size 5,
+            alpha 1e-4, beta 0.75, k 2), `"caffe"` (bvlc_alexnet's: alpha
+            2e-5, k 1) or a dict with keys among `size`, `alpha`, `beta`,
+            `k` (the others the paper's). They are saved with the model.
+        include_preprocessing: whether the model takes RGB pixel values in
+            [0, 255] and normalises them itself, in a first
+            `keras.layers.Normalization` layer named `preprocessing`, with
+            the statistics of its weights (Caffe: subtract the mean;
+            torchvision and others: ImageNet's mean and standard deviation),
+            as keras.applications' ConvNeXt and EfficientNet do.
         name: the model's name.
 
     Returns:
@@ -248,10 +373,16 @@ def AlexNet(
     >>> model.count_params()
     60965224
     >>> features = keras_alexnet.AlexNet(include_top=False, pooling="avg")
+    >>> pretrained = keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel",
+    ...                                    include_preprocessing=True)
     """
-    _validate_arguments(
-        variant, include_top, weights, pooling, classes, dropout, initialization
-    )
+    pretrained = weights
+    if weights is not None and not isinstance(weights, convert.PretrainedWeights):
+        pretrained = convert.read_weights(weights)
+    variant, classes, lrn_constants = _follow_weights(
+        pretrained, variant, classes, lrn_constants, include_top)
+    _validate_arguments(variant, include_top, pooling, classes, dropout, initialization)
+    lrn_constants = _resolve_lrn_constants(variant, lrn_constants)
     input_shape = _resolve_input_shape(variant, input_shape, input_tensor, include_top)
     spec = _SPECS[variant]
 
@@ -280,11 +411,10 @@ def AlexNet(
         if not spec["lrn"]:
             return x
         return LocalResponseNormalization(
-            size=5, alpha=1e-4, beta=0.75, k=2.0,
-            implementation=lrn_implementation, name=layer_name,
+            **lrn_constants, implementation=lrn_implementation, name=layer_name,
         )(x)
 
-    x = inputs
+    x = _preprocessing(pretrained)(inputs) if include_preprocessing else inputs
     padding = [conv1_padding(side, variant) if side is not None else (0, 0)
                for side in input_shape[:2]]
     if any(sum(side) for side in padding):
@@ -331,6 +461,6 @@ def AlexNet(
     else:
         model_inputs = inputs
     model = keras.Model(model_inputs, x, name=name)
-    if weights is not None:
-        model.load_weights(weights)
+    if pretrained is not None:
+        pretrained.load_into(model)
     return model

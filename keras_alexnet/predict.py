@@ -1,0 +1,115 @@
+"""Classify photos with a pretrained AlexNet and print the top-5 labels.
+
+    python -m keras_alexnet.predict --weights bvlc_alexnet.caffemodel cat.jpg dog.png
+    python -m keras_alexnet.predict --weights alexnet-owt-7be5be79.pth --ten-crop cat.jpg
+    KERAS_BACKEND=jax python -m keras_alexnet.predict --weights alexnet.weights.h5 cat.jpg
+
+Each image (JPEG, PNG, GIF or BMP, any size) has its short side resized to
+256 and its centre cropped to the model's input size; `--ten-crop` averages
+the softmax over the paper's 10 crops (corners and centre, each also
+flipped). Weights: a `.caffemodel`, a torchvision `.pth` / `.pt`, a
+`.weights.h5` converted by `python -m keras_alexnet.convert`, or a `.keras`
+model. 1000-class models are labelled with the ILSVRC-2012 classes. Exit
+codes: 0 done, 2 bad arguments, weights or image.
+"""
+
+import argparse
+import os
+import sys
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def load_model(weights):
+    """A model that takes pixel values in [0, 255]: `weights` with `include_preprocessing=True`,
+    or a `.keras` model as saved."""
+    import keras
+
+    from keras_alexnet import AlexNet
+
+    if str(weights).endswith(".keras"):
+        if not os.path.isfile(weights):
+            raise ValueError(f"The model file does not exist. Received: weights={weights!r}")
+        return keras.saving.load_model(weights, compile=False)
+    return AlexNet(weights=weights, include_preprocessing=True)
+
+
+def classify(model, image_files, ten_crop=False, top=5):
+    """`(file, [(label, probability), ...])` for each image, best first.
+
+    Args:
+        model: a model taking square RGB images, e.g. from `load_model`.
+        image_files: paths of JPEG, PNG, GIF or BMP images.
+        ten_crop: average the softmax over the paper's 10 crops.
+        top: how many labels to return per image.
+
+    Example:
+
+    >>> model = load_model("bvlc_alexnet.caffemodel")
+    >>> classify(model, ["cat.jpg"])
+    [('cat.jpg', [('tabby', 0.61), ('tiger cat', 0.25), ...])]
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_alexnet.imagenet import imagenet_class_names
+    from keras_alexnet.presets import EvalPreset
+
+    preset = EvalPreset.for_model(model, ten_crop=ten_crop)
+    classes = model.output_shape[-1]
+    names = (imagenet_class_names() if classes == len(imagenet_class_names())
+             else [str(index) for index in range(classes)])
+    outputs_probabilities = (getattr(model.layers[-1], "activation", None)
+                             is keras.activations.softmax)
+    results = []
+    for path in image_files:
+        try:
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                       expand_animations=False)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
+            raise ValueError(f"{path} is not a readable image: {error.message}") from None
+        crops = preset.ten_crops(image) if ten_crop else preset.preprocess(image[None])
+        outputs = keras.ops.convert_to_numpy(model(crops.numpy(), training=False))
+        outputs = outputs.astype("float64")
+        if not outputs_probabilities:
+            outputs = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+            outputs /= outputs.sum(axis=-1, keepdims=True)
+        probabilities = outputs.mean(axis=0)
+        best = np.argsort(-probabilities, kind="stable")[:top]
+        results.append((path, [(names[index], float(probabilities[index])) for index in best]))
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m keras_alexnet.predict",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files.")
+    parser.add_argument("--weights", required=True,
+                        help="a .caffemodel, .pth/.pt, .weights.h5 or .keras file.")
+    parser.add_argument("--ten-crop", action="store_true",
+                        help="average the paper's 10 crops instead of the centre crop.")
+    parser.add_argument("--top", type=int, default=5, help="labels per image (5).")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")
+    args = parser.parse_args(argv)
+    if args.top < 1:
+        parser.error(f"--top must be >= 1. Received: {args.top}")
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        results = classify(load_model(args.weights), args.images, args.ten_crop, args.top)
+    except (ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path, labels in results:
+        print(path)
+        for rank, (label, probability) in enumerate(labels, 1):
+            print(f"  {rank}. {probability:7.2%}  {label}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
