@@ -34,3 +34,17 @@ def test_ten_crop_evaluation_averages_softmax_over_crops():
     assert result["top1_error"] == pytest.approx(
         np.mean(expected_probabilities.argmax(1) != labels))
     assert result["top5_error"] == pytest.approx(top_k_error(expected_probabilities, labels, 5))
+
+
+def test_a_self_normalising_model_refuses_normalised_images():
+    """`include_preprocessing=True` models take pixels; normalising twice is an error."""
+    from keras_alexnet import AlexNet
+    from keras_alexnet.presets import EvalPreset
+
+    model = AlexNet(input_shape=(67, 67, 3), classes=3, include_preprocessing=True)
+    images = np.random.default_rng(0).integers(0, 256, (4, 80, 90, 3), dtype=np.uint8)
+    examples = tf.data.Dataset.from_tensor_slices((images, np.arange(4) % 3))
+    twice = EvalPreset(crop_size=67).dataset(examples, batch_size=2)
+    with pytest.raises(ValueError, match="normalised already"):
+        evaluate(model, twice)
+    assert evaluate(model, EvalPreset.for_model(model).dataset(examples, 2))["examples"] == 4

@@ -135,3 +135,30 @@ def test_invalid_train_preset(kwargs, message):
 def test_invalid_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
         EvalPreset().dataset(_examples([_positional_image(8)]), batch_size=0)
+
+
+def test_presets_without_normalisation_give_pixel_values():
+    """For models that normalise their inputs themselves (include_preprocessing=True)."""
+    source = _positional_image(30)
+    crop = EvalPreset(crop_size=20, resize_size=30, normalize=False).preprocess(source[None])
+    np.testing.assert_allclose(crop.numpy()[0], source[5:25, 5:25], atol=1e-2)
+    crops = EvalPreset(crop_size=20, resize_size=30, ten_crop=True,
+                       normalize=False).ten_crops(source)
+    np.testing.assert_allclose(crops.numpy()[4], source[5:25, 5:25], atol=1e-2)
+    train = TrainPreset(crop_size=30, resize_size=30, flip_probability=0.0, lighting_std=0.0,
+                        normalize=False)
+    np.testing.assert_allclose(_batches(train.dataset(_examples([source]), batch_size=1))[0],
+                               source, atol=1e-2)
+
+
+def test_eval_preset_for_model():
+    from keras_alexnet import AlexNet
+
+    normalizing = EvalPreset.for_model(AlexNet(input_shape=(67, 67, 3),
+                                               include_preprocessing=True))
+    assert (normalizing.crop_size, normalizing.resize_size, normalizing.normalize) == (
+        67, 256, False)
+    plain = EvalPreset.for_model(AlexNet(variant="one_weird_trick"), ten_crop=True)
+    assert (plain.crop_size, plain.normalize, plain.ten_crop) == (224, True, True)
+    with pytest.raises(ValueError, match="square images"):
+        EvalPreset.for_model(AlexNet(include_top=False, input_shape=(None, None, 3)))

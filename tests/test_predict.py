@@ -1,0 +1,108 @@
+"""`python -m keras_alexnet.predict` and a SavedModel export of pretrained weights,
+checked against Caffe's semantics (tests/caffe_reference.py)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_alexnet import AlexNet, export_saved_model, predict
+from keras_alexnet.imagenet import imagenet_class_names
+from keras_alexnet.presets import EvalPreset
+from tests.caffe_reference import (
+    bvlc_alexnet_layers,
+    caffe_forward,
+    random_weights,
+    write_caffemodel,
+)
+
+
+def _peaked_weights(seed, images, **shape):
+    """Random bvlc_alexnet weights whose softmax is far from uniform on `images`."""
+    weights = random_weights(seed, **shape)
+    scale = 4.0 / caffe_forward(weights, images)["logits"].std()
+    weights["fc8"] = tuple(value * scale for value in weights["fc8"])
+    return weights
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A PNG and a JPEG of other sizes than the model's input."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (26, 30, 3)), np.ones((10, 10, 1))).astype("uint8")
+    Image.fromarray(smooth).save(folder / "photo.png")
+    Image.fromarray(rng.integers(0, 256, (350, 200, 3), dtype=np.uint8)).save(
+        folder / "photo.jpg", quality=90)
+    return folder / "photo.png", folder / "photo.jpg", smooth
+
+
+@pytest.fixture(scope="module")
+def caffemodel(photos, tmp_path_factory):
+    crop = EvalPreset(normalize=False).preprocess(photos[2][None]).numpy()
+    weights = _peaked_weights(0, crop)
+    path = tmp_path_factory.mktemp("caffe") / "bvlc_alexnet.caffemodel"
+    write_caffemodel(path, bvlc_alexnet_layers(weights))
+    return str(path), weights
+
+
+def test_predict_prints_the_top_5_of_the_centre_crop(caffemodel, photos, capsys):
+    path, weights = caffemodel
+    png, jpg, pixels = photos
+    assert predict.main(["--weights", path, str(png), str(jpg)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(png) and lines[6] == str(jpg) and len(lines) == 12
+    crop = EvalPreset(crop_size=227, resize_size=256, normalize=False).preprocess(pixels[None])
+    expected = caffe_forward(weights, crop.numpy())["probabilities"][0]
+    best = np.argsort(-expected)[:5]
+    printed = [line.split(maxsplit=2) for line in lines[1:6]]
+    assert [label for _, _, label in printed] == [imagenet_class_names()[i] for i in best]
+    assert [float(value.rstrip("%")) for _, value, _ in printed] == pytest.approx(
+        100 * expected[best], abs=0.006)
+
+
+def test_ten_crop_averages_the_papers_crops(caffemodel, photos):
+    path, weights = caffemodel
+    png, _, pixels = photos
+    model = predict.load_model(path)
+    ((_, labels),) = predict.classify(model, [str(png)], ten_crop=True, top=3)
+    crops = EvalPreset(ten_crop=True, normalize=False).ten_crops(pixels).numpy()
+    expected = caffe_forward(weights, crops)["probabilities"].mean(axis=0)
+    best = np.argsort(-expected)[:3]
+    assert [label for label, _ in labels] == [imagenet_class_names()[i] for i in best]
+    np.testing.assert_allclose([value for _, value in labels], expected[best], atol=1e-4)
+
+
+def test_predict_bad_input_exits_2(caffemodel, tmp_path, capsys):
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("not an image")
+    assert predict.main(["--weights", caffemodel[0], str(not_an_image)]) == 2
+    assert "notes.jpg is not a readable image" in capsys.readouterr().err
+    assert predict.main(["--weights", "weights.npz", str(not_an_image)]) == 2
+    assert "weights='weights.npz'" in capsys.readouterr().err
+
+
+def test_export_of_pretrained_weights_serves_raw_images_with_imagenet_labels(tmp_path):
+    """A 67x67-input bvlc_alexnet with 1000 classes: the export normalises once, with
+    Caffe's mean, and labels with the ILSVRC-2012 names."""
+    images = np.random.default_rng(2).integers(0, 256, (3, 90, 120, 3), dtype=np.uint8)
+    preset = EvalPreset(crop_size=67, resize_size=256, normalize=False)
+    crops = preset.preprocess(tf.constant(images)).numpy()
+    weights = _peaked_weights(1, crops, pool5_size=1)
+    caffemodel = tmp_path / "small.caffemodel"
+    write_caffemodel(caffemodel, bvlc_alexnet_layers(weights))
+    model = AlexNet(weights=str(caffemodel), input_shape=(67, 67, 3),
+                    include_preprocessing=True)
+    with pytest.raises(ValueError, match="would do it twice"):
+        export_saved_model(model, tmp_path / "twice", preset=EvalPreset(crop_size=67))
+    path = export_saved_model(model, tmp_path / "alexnet" / "1")
+    names = (tmp_path / "alexnet" / "1" / "assets" / "class_names.txt").read_text()
+    assert names.splitlines() == imagenet_class_names()
+
+    served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+    expected = caffe_forward(weights, crops)["probabilities"]
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-4)
+    best = np.argsort(-expected, axis=1)[:, :5]
+    assert [[label.decode() for label in row] for row in served["top_k_labels"].numpy()] == [
+        [imagenet_class_names()[index] for index in row] for row in best]
