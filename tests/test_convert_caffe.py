@@ -18,18 +18,10 @@ from keras_alexnet.convert import read_weights
 from tests.caffe_reference import (
     bvlc_alexnet_layers,
     caffe_forward,
+    peaked,
     random_weights,
     write_caffemodel,
 )
-
-
-def _peaked(weights, images):
-    """Scales fc8 so the softmax is far from uniform (logits' std 4): then a
-    1e-4 tolerance on probabilities tells a wrong mapping from a right one."""
-    logits = caffe_forward(weights, images)["logits"]
-    scale = 4.0 / logits.std()
-    weights["fc8"] = tuple(value * scale for value in weights["fc8"])
-    return weights
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +32,7 @@ def images():
 @pytest.fixture(scope="module")
 def full_weights(images):
     """Random weights of the full bvlc_alexnet (227x227 input, 1000 classes)."""
-    return _peaked(random_weights(0), images)
+    return peaked(random_weights(0), images)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +127,7 @@ def test_both_layouts_and_double_data_read_the_same(tmp_path):
 
 def test_double_data_matches_caffe(tmp_path):
     images = np.random.default_rng(4).integers(0, 256, (2, 67, 67, 3)).astype("float32")
-    weights = _peaked(random_weights(3, classes=10, pool5_size=1), images)  # 67x67 input
+    weights = peaked(random_weights(3, classes=10, pool5_size=1), images)  # 67x67 input
     path = tmp_path / "double.caffemodel"
     write_caffemodel(path, bvlc_alexnet_layers(weights), version="v2", double=True)
     model = AlexNet(weights=str(path), input_shape=(67, 67, 3), include_preprocessing=True)

@@ -13,17 +13,10 @@ from keras_alexnet.presets import EvalPreset
 from tests.caffe_reference import (
     bvlc_alexnet_layers,
     caffe_forward,
+    peaked,
     random_weights,
     write_caffemodel,
 )
-
-
-def _peaked_weights(seed, images, **shape):
-    """Random bvlc_alexnet weights whose softmax is far from uniform on `images`."""
-    weights = random_weights(seed, **shape)
-    scale = 4.0 / caffe_forward(weights, images)["logits"].std()
-    weights["fc8"] = tuple(value * scale for value in weights["fc8"])
-    return weights
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def caffemodel(photos, tmp_path_factory):
     crop = EvalPreset(normalize=False).preprocess(photos[2][None]).numpy()
-    weights = _peaked_weights(0, crop)
+    weights = peaked(random_weights(0), crop)
     path = tmp_path_factory.mktemp("caffe") / "bvlc_alexnet.caffemodel"
     write_caffemodel(path, bvlc_alexnet_layers(weights))
     return str(path), weights
@@ -89,7 +82,7 @@ def test_export_of_pretrained_weights_serves_raw_images_with_imagenet_labels(tmp
     images = np.random.default_rng(2).integers(0, 256, (3, 90, 120, 3), dtype=np.uint8)
     preset = EvalPreset(crop_size=67, resize_size=256, normalize=False)
     crops = preset.preprocess(tf.constant(images)).numpy()
-    weights = _peaked_weights(1, crops, pool5_size=1)
+    weights = peaked(random_weights(1, pool5_size=1), crops)
     caffemodel = tmp_path / "small.caffemodel"
     write_caffemodel(caffemodel, bvlc_alexnet_layers(weights))
     model = AlexNet(weights=str(caffemodel), input_shape=(67, 67, 3),

@@ -32,10 +32,12 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     lrn = pretrained.lrn_constants
+    mean, std = (", ".join(f"{value:g}" for value in values)
+                 for values in (pretrained.pixel_mean, pretrained.pixel_std))
     print(f"Wrote {args.destination}: {pretrained.source} weights, "
           f"variant={pretrained.variant!r}, {pretrained.classes} classes, "
           + (f"LRN {lrn}, " if lrn else "no LRN, ")
-          + f"input mean {pretrained.pixel_mean} / std {pretrained.pixel_std} (RGB, 0-255).\n"
+          + f"input mean ({mean}) / std ({std}) (RGB, 0-255).\n"
           f"Load it with keras_alexnet.AlexNet(weights={args.destination!r}).")
     return 0
 
