@@ -201,3 +201,36 @@ def test_import_adds_no_backend_framework():
 
 def test_version():
     assert keras_alexnet.__version__
+
+
+def test_lrn_constants_and_preprocessing_travel_with_the_model(tmp_path):
+    """Both are part of the architecture: they round-trip through `.keras`."""
+    model = AlexNet(input_shape=(67, 67, 3), classes=3, lrn_constants="caffe",
+                    include_preprocessing=True)
+    assert [layer.name for layer in model.layers[:3]] == ["images", "preprocessing", "conv1"]
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 67, 67, 3)).astype("float32")
+    plain = AlexNet(input_shape=(67, 67, 3), classes=3, lrn_constants={"alpha": 2e-5, "k": 1.0})
+    plain.set_weights(model.get_weights())
+    normalised = (pixels / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(pixels)),
+                               keras.ops.convert_to_numpy(plain(normalised.astype("float32"))),
+                               atol=1e-5)
+    path = str(tmp_path / "caffe_lrn.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    for name in ("lrn1", "lrn2"):
+        layer = restored.get_layer(name)
+        assert (layer.size, layer.alpha, layer.beta, layer.k) == (5, 2e-5, 0.75, 1.0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(pixels)),
+                               keras.ops.convert_to_numpy(model(pixels)), atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"lrn_constants": "bvlc"}, "lrn_constants='bvlc'"),
+    ({"lrn_constants": {"gamma": 1.0}}, "lrn_constants={'gamma': 1.0}"),
+    ({"lrn_constants": {"alpha": -1.0}}, "alpha=-1.0"),
+    ({"variant": "one_weird_trick", "lrn_constants": "paper"}, "has no local response"),
+])
+def test_invalid_lrn_constants(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AlexNet(input_shape=(67, 67, 3), **kwargs)
