@@ -131,6 +131,15 @@ def test_unknown_layer_names_list_the_existing_ones(model, call):
         call(model, random_images(1))
 
 
+def test_models_whose_layers_branch_are_refused():
+    inputs = keras.Input((SIZE, SIZE, 3))
+    features = keras.layers.Conv2D(4, 3, name="conv1")(inputs)
+    merged = keras.layers.Add(name="add")([features, keras.layers.ReLU(name="relu")(features)])
+    model = keras.Model(inputs, merged)
+    with pytest.raises(ValueError, match="one chain.*'add'"):
+        deconvnet(model, random_images(1), "add")
+
+
 # -------------------------------------------------------------- AlexNet figure 3
 
 
@@ -166,9 +175,10 @@ def test_one_weird_trick_kernels_form_one_block():
     assert saturation == pytest.approx(2 / 3, abs=0.05)
 
 
-def test_kernel_color_saturation_tells_grey_from_colour_kernels(model):
+def test_kernel_color_saturation_tells_grey_from_colour_kernels():
     """The paper's figure 3 made by hand: GPU 1 grey kernels; GPU 2 half purely
     chromatic (red minus green), half grey."""
+    model = small_alexnet()
     kernel, bias = weights(model, "conv1")
     pattern = np.random.default_rng(0).normal(size=(11, 11, 1, 96))
     grey = np.repeat(pattern, 3, axis=2)
@@ -494,8 +504,10 @@ def test_layer_probe_is_ridge_regression_on_pooled_features(model):
 
 def test_layer_probe_arguments_are_checked(model):
     images = random_images(2)
-    with pytest.raises(ValueError, match="integer label"):
-        layer_probe(model, ([images], [images]), ["conv1"])
+    for labels in (None, [0.0, 1.0], [0, -1], [0]):
+        split = [images] if labels is None else [(images, labels)]
+        with pytest.raises(ValueError, match="integer label >= 0 per image in the training"):
+            layer_probe(model, (split, split), ["conv1"])
     with pytest.raises(ValueError, match="Source or a"):
         layer_probe(model, images, ["conv1"])
     with pytest.raises(ValueError, match="layers='conv1'"):

@@ -48,21 +48,19 @@ def layer_path(model, name):
     chain, as AlexNet's do.
     """
     target = get_layer(model, name)
-    path, previous_output = [], image_input(model)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
+    layers = [layer for layer in model.layers
+              if not isinstance(layer, keras.layers.InputLayer)]
+    path = layers[:layers.index(target) + 1]
+    previous_output = image_input(model)
+    for layer in path:
         if layer.input is not previous_output:
             raise ValueError(
                 "The visualisations follow models whose layers form one chain, "
                 f"as AlexNet's do; the input of layer {layer.name!r} is not the "
                 "output of the layer before it."
             )
-        path.append(layer)
-        if layer is target:
-            return path
         previous_output = layer.output
-    raise AssertionError("unreachable: get_layer found the layer")
+    return path
 
 
 def feature_model(model, names):

@@ -48,9 +48,21 @@ def _rgb_kernels(model, layer):
 
 
 def kernel_groups(model, layer="conv1"):
-    """The number of blocks `layer`'s kernels fall into: the `groups` of the
-    next convolution, which sees each block on its own (2 in the original
-    AlexNet: the paper's two GPUs; 1 in the one-weird-trick variant)."""
+    """The number of blocks `layer`'s kernels fall into.
+
+    The `groups` of the next convolution, which sees each block on its own:
+    2 in the original AlexNet (the paper's two GPUs), 1 in the
+    one-weird-trick variant.
+
+    Args:
+        model: a model from `keras_alexnet.AlexNet(...)`.
+        layer: a convolution, `"conv1"`.
+
+    Example:
+
+    >>> kernel_groups(keras_alexnet.AlexNet())
+    2
+    """
     names = layer_names(model)
     get_layer(model, layer)
     for name in names[names.index(layer) + 1:]:

@@ -113,7 +113,7 @@ def occlusion_sensitivity(model, image, label=None, layer="conv5", size=None, st
     probabilities = class_probabilities(model, outputs)[0]
     if label is None:
         label = int(probabilities.argmax())
-    elif not 0 <= label < len(probabilities):
+    elif not isinstance(label, (int, np.integer)) or not 0 <= label < len(probabilities):
         raise ValueError(
             f"`label` must be a class index in [0, {len(probabilities)}). Received: label={label!r}"
         )

@@ -103,6 +103,13 @@ def receptive_field(model, layer):
     offset back by `p` times the current stride; zero padding and cropping
     move the offset; LRN, activations and dropout leave it as it is.
 
+    Args:
+        model: a model from `keras_alexnet.AlexNet(...)`.
+        layer: a layer with spatial output, e.g. `"conv5"`.
+
+    Returns:
+        A `ReceptiveField`.
+
     Example:
 
     >>> receptive_field(keras_alexnet.AlexNet(), "conv5")

@@ -16,30 +16,24 @@ def _pooled(activations):
     return activations
 
 
-class _RidgeClassifier:
-    """Closed-form ridge regression on one-hot targets, fitted from moments.
+class _FeatureMoments:
+    """Sums over a training split, enough to fit a ridge regression later.
 
-    The training set is streamed once; only the sums of the features, of
-    their outer products and of the features per class are kept, so memory
-    grows with the features' size squared, not with the dataset. Features
-    are standardised (constant ones, e.g. dead ReLU units, are dropped) and
-    the penalty is `l2` times the number of examples, so it means the same
-    for any dataset size.
+    The split is streamed once; only the sums of the features, of their
+    outer products and of the features of each class are kept, so memory
+    grows with the features' size squared, not with the dataset.
     """
 
-    def __init__(self):
+    def __init__(self, dimension):
         self.count = 0
-        self.total = self.gram = self.class_sums = None
+        self.total = np.zeros(dimension)
+        self.gram = np.zeros((dimension, dimension))
+        self.class_sums = np.zeros((dimension, 0))
         self.class_counts = np.zeros(0)
 
     def add(self, features, labels):
-        if self.total is None:
-            dimension = features.shape[1]
-            self.total, self.gram = np.zeros(dimension), np.zeros((dimension, dimension))
-            self.class_sums = np.zeros((dimension, 0))
-        classes = max(len(self.class_counts), int(labels.max()) + 1)
-        if classes > len(self.class_counts):
-            grow = classes - len(self.class_counts)
+        grow = int(labels.max()) + 1 - len(self.class_counts)
+        if grow > 0:  # a class not seen before
             self.class_counts = np.pad(self.class_counts, (0, grow))
             self.class_sums = np.pad(self.class_sums, ((0, 0), (0, grow)))
         self.count += len(features)
@@ -48,24 +42,28 @@ class _RidgeClassifier:
         np.add.at(self.class_counts, labels, 1)
         np.add.at(self.class_sums.T, labels, features)
 
-    def fit(self, l2):
+    def ridge_classifier(self, l2):
+        """A function from features to predicted classes: ridge regression on
+        one-hot labels, in closed form, on standardised features (constant
+        ones, e.g. dead ReLU units, dropped), with a penalty of `l2` times
+        the number of examples, so that it means the same for any dataset
+        size."""
         mean = self.total / self.count
         centred_gram = self.gram - self.count * np.outer(mean, mean)
         variance = np.diag(centred_gram) / self.count
         # Constant features leave only rounding noise after centring.
-        self.kept = variance > 1e-12 * np.maximum(np.diag(self.gram) / self.count, 1e-300)
-        self.mean, self.std = mean[self.kept], np.sqrt(variance[self.kept])
-        gram = centred_gram[np.ix_(self.kept, self.kept)] / np.outer(self.std, self.std)
-        targets = (self.class_sums - np.outer(mean, self.class_counts))[self.kept]
-        targets /= self.std[:, None]
-        penalty = l2 * self.count * np.eye(len(gram))
-        self.weights = np.linalg.solve(gram + penalty, targets)
-        self.intercept = self.class_counts / self.count
-        return self
+        kept = variance > 1e-12 * np.maximum(np.diag(self.gram) / self.count, 1e-300)
+        std = np.sqrt(variance[kept])
+        gram = centred_gram[np.ix_(kept, kept)] / np.outer(std, std)
+        targets = (self.class_sums - np.outer(mean, self.class_counts))[kept] / std[:, None]
+        weights = np.linalg.solve(gram + l2 * self.count * np.eye(len(gram)), targets)
+        intercept = self.class_counts / self.count
 
-    def predict(self, features):
-        standardised = (features[:, self.kept] - self.mean) / self.std
-        return (standardised @ self.weights + self.intercept).argmax(axis=1)
+        def predict(features):
+            standardised = (features[:, kept] - mean[kept]) / std
+            return (standardised @ weights + intercept).argmax(axis=1)
+
+        return predict
 
 
 def _train_and_validation(model, data, batch_size):
@@ -99,9 +97,10 @@ def _train_and_validation(model, data, batch_size):
 
 def _labelled_features(features, dataset, batch_size, split):
     for images, labels in labelled_batches(dataset, batch_size):
-        if labels is None or len(labels) != len(images):
+        if (labels is None or len(labels) != len(images)
+                or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any()):
             raise ValueError(
-                f"The layer probe needs one integer label per image in the {split} "
+                f"The layer probe needs one integer label >= 0 per image in the {split} "
                 "split: batches of (images, labels)."
             )
         yield [_pooled(outputs) for outputs in predict(features, images)], labels.astype("int64")
@@ -154,18 +153,18 @@ def layer_probe(model, data, layers=None, l2=0.01, batch_size=DEFAULT_BATCH_SIZE
     check_positive_int("batch_size", batch_size)
     train, validation = _train_and_validation(model, data, batch_size)
     features = feature_model(model, layers)
-    classifiers = [_RidgeClassifier() for _ in layers]
+    moments = None
     for pooled, labels in _labelled_features(features, train, batch_size, "training"):
-        for classifier, layer_features in zip(classifiers, pooled):
-            classifier.add(layer_features, labels)
-    if classifiers[0].count == 0:
+        moments = moments or [_FeatureMoments(values.shape[1]) for values in pooled]
+        for layer_moments, values in zip(moments, pooled):
+            layer_moments.add(values, labels)
+    if moments is None:
         raise ValueError("The training split is empty.")
-    for classifier in classifiers:
-        classifier.fit(l2)
+    classifiers = [layer_moments.ridge_classifier(l2) for layer_moments in moments]
     correct, total = np.zeros(len(layers)), 0
     for pooled, labels in _labelled_features(features, validation, batch_size, "validation"):
-        correct += [np.sum(classifier.predict(layer_features) == labels)
-                    for classifier, layer_features in zip(classifiers, pooled)]
+        correct += [np.sum(classify(values) == labels)
+                    for classify, values in zip(classifiers, pooled)]
         total += len(labels)
     if total == 0:
         raise ValueError("The validation split is empty.")
