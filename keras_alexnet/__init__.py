@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 # Imported on first access (PEP 562), so `import keras_alexnet` stays light.
 SUBMODULES = ("augment", "convert", "data", "evaluation", "export", "layers", "models",
-              "presets", "run_folder", "training")
+              "presets", "run_folder", "training", "visualize")
 LAZY_ATTRIBUTES = {"export_saved_model": "export"}
 
 __all__ = ["AlexNet", "export_saved_model", "__version__", *SUBMODULES]
