@@ -5,28 +5,44 @@
     python train.py --dataset imagenet2012 --manual-dir ~/ilsvrc --epochs 90
     python train.py --backend tensorflow --distribute mirrored          # all GPUs
     python train.py --backend jax --distribute data-parallel --cpu-devices 2
-    python train.py --output runs/demo --resume       # continue a killed run
+    python train.py --output runs/demo-20261123-101500 --resume     # continue a killed run
     python train.py --export exports/alexnet/1        # SavedModel at the end
 
 Without a data argument it trains on the embedded default dataset (10 classes
 of generated shape images, written as JPEG files on first use) with demo
-settings (67x67 crops, batch 64, 15 epochs, He initialisation) that finish
-in a few minutes on a 2-core CPU. With --data or --dataset every default is
-the paper's recipe (see
-`keras_alexnet.training.Recipe`). Exit codes: 0 done, 2 bad arguments or
-output folder, 3 the loss became NaN (the last good checkpoint is kept).
+settings (67x67 crops, batch 64, 15 epochs, He initialisation, seed 0) that
+finish in a few minutes on a 2-core CPU. With --data or --dataset every
+default is the paper's recipe (see `keras_alexnet.training.Recipe`). Each run
+gets its own folder, runs/<data>-<date>-<time> unless --output names one.
+--resume reads the run's settings from its run.json: `--output DIR --resume`
+alone continues it; arguments given again must agree, except more --epochs.
+Exit codes: 0 done, 2 bad arguments, data or output folder (nothing
+written), 3 the loss became NaN.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
+import time
+from pathlib import Path
 
 BACKENDS = ("tensorflow", "jax", "torch")
-# The demo on the embedded dataset: small crops so it finishes in minutes.
-# He initialisation: with the paper's N(0, 0.01) SGD stays on the initial
-# loss plateau for far longer than a demo lasts.
-DEMO_SETTINGS = dict(image_size=67, resize_size=76, epochs=15, batch_size=64,
-                     initialization="he", lr_patience=3)
+# The demo on the embedded dataset: small crops so it finishes in minutes,
+# seeded so its result repeats. He initialisation: with the paper's
+# N(0, 0.01) SGD stays on the initial loss plateau for far longer than a
+# demo lasts.
+DEMO_SETTINGS = dict(image_size=67, epochs=15, batch_size=64, initialization="he",
+                     lr_patience=3, seed=0)
+# The paper's 256 / 227: how much larger the short side is than the crop.
+PAPER_RESIZE_RATIO = 256 / 227
+# Arguments that name the data; run.json keeps them so --resume can rebuild the source.
+DATA_ARGUMENTS = ("data", "dataset", "data_dir", "manual_dir", "validation_fraction")
+# Arguments that only say how or where this session runs: a resumed run may change them.
+SESSION_ARGUMENTS = ("backend", "output", "resume", "overwrite", "export", "distribute",
+                     "cpu_devices", "quiet", "data_dir", "manual_dir")
+# Recipe fields set by command-line options of another name.
+RECIPE_OPTIONS = {"lr": "learning_rate", "init": "initialization"}
 
 
 def parse_arguments(argv=None):
@@ -39,39 +55,42 @@ def parse_arguments(argv=None):
     data.add_argument("--dataset", help="TensorFlow Datasets name, e.g. imagenet2012.")
     data.add_argument("--data-dir", help="TFDS data folder.")
     data.add_argument("--manual-dir", help="TFDS manual download folder (ImageNet tars).")
-    data.add_argument("--validation-fraction", type=float, default=0.1,
+    data.add_argument("--validation-fraction", type=float,
                       help="held out per class when there is no validation split (0.1).")
     recipe = parser.add_argument_group("model and recipe (defaults: the paper)")
-    recipe.add_argument("--variant", choices=("original", "one_weird_trick"), default="original")
+    recipe.add_argument("--variant", choices=("original", "one_weird_trick"))
     recipe.add_argument("--image-size", type=int, help="crop size (227; demo 67).")
-    recipe.add_argument("--resize-size", type=int, help="short side before cropping (256).")
+    recipe.add_argument("--resize-size", type=int,
+                        help="short side before cropping (256; demo: image size x 256/227).")
     recipe.add_argument("--epochs", type=int, help="epochs (90; demo 15).")
     recipe.add_argument("--batch-size", type=int, help="global batch size (128; demo 64).")
-    recipe.add_argument("--lr", type=float, default=0.01, help="learning rate (0.01).")
-    recipe.add_argument("--momentum", type=float, default=0.9)
-    recipe.add_argument("--weight-decay", type=float, default=5e-4)
-    recipe.add_argument("--dropout", type=float, default=0.5)
+    recipe.add_argument("--lr", type=float, help="learning rate (0.01).")
+    recipe.add_argument("--momentum", type=float, help="(0.9)")
+    recipe.add_argument("--weight-decay", type=float, help="(5e-4)")
+    recipe.add_argument("--dropout", type=float, help="(0.5)")
     recipe.add_argument("--init", choices=("paper", "caffe", "glorot", "he"),
                         help="initialisation (paper; demo he).")
     recipe.add_argument("--lr-patience", type=int,
                         help="epochs without validation improvement before lr /= 10 (5).")
     recipe.add_argument("--policy", choices=("randaugment", "augmix"),
                         help="a stronger keras-cv policy on top of the paper's augmentation.")
-    recipe.add_argument("--seed", type=int, default=None)
-    recipe.add_argument("--mixed-precision", action="store_true",
+    recipe.add_argument("--seed", type=int,
+                        help="repeat a run exactly (default: none; demo 0).")
+    recipe.add_argument("--mixed-precision", action="store_true", default=None,
                         help="train in mixed_bfloat16.")
     recipe.add_argument("--steps-per-epoch", type=int, help="cap on steps per epoch.")
-    recipe.add_argument("--ten-crop", action="store_true",
+    recipe.add_argument("--ten-crop", action="store_true", default=None,
                         help="final evaluation with the paper's 10 crops.")
     outputs = parser.add_argument_group("outputs")
-    outputs.add_argument("--output", default="runs/alexnet", help="run folder (runs/alexnet).")
-    outputs.add_argument("--resume", action="store_true", help="continue the run in --output.")
+    outputs.add_argument("--output", help="run folder (default: runs/<data>-<date>-<time>).")
+    outputs.add_argument("--resume", action="store_true",
+                         help="continue the run in --output with its own settings.")
     outputs.add_argument("--overwrite", action="store_true",
-                         help="start again in --output (and replace --export).")
+                         help="start again in --output, deleting only that run's own files "
+                              "(and replace a previous SavedModel at --export).")
     outputs.add_argument("--export", help="write a SavedModel here at the end.")
     distribution = parser.add_argument_group("distribution")
-    distribution.add_argument("--distribute", choices=("none", "mirrored", "data-parallel"),
-                              default="none")
+    distribution.add_argument("--distribute", choices=("none", "mirrored", "data-parallel"))
     distribution.add_argument("--cpu-devices", type=int,
                               help="split the CPU into N logical devices (to run "
                                    "distribution without GPUs).")
@@ -94,60 +113,110 @@ def configure_environment(args):
             f"{flags} --xla_force_host_platform_device_count={args.cpu_devices}").strip()
 
 
-def make_recipe(args, training):
-    demo = not (args.data or args.dataset)
-    chosen = dict(image_size=args.image_size, resize_size=args.resize_size, epochs=args.epochs,
-                  batch_size=args.batch_size, initialization=args.init,
-                  lr_patience=args.lr_patience)
-    defaults = DEMO_SETTINGS if demo else {}
-    settings = {key: value if value is not None else defaults.get(key)
-                for key, value in chosen.items()}
-    settings = {key: value for key, value in settings.items() if value is not None}
-    if "resize_size" not in settings and "image_size" in settings:
-        settings["resize_size"] = max(256, settings["image_size"])
-    return training.Recipe(
-        variant=args.variant, learning_rate=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, dropout=args.dropout, policy=args.policy,
-        seed=args.seed, mixed_precision=args.mixed_precision,
-        steps_per_epoch=args.steps_per_epoch, ten_crop=args.ten_crop, **settings,
-    )
+def given_arguments(args):
+    """The options given on the command line (argparse leaves the others None)."""
+    return {key: value for key, value in vars(args).items()
+            if value is not None and value is not False}
+
+
+def resume_arguments(args, settings):
+    """`args` completed from a run's run.json; raises ValueError where they disagree.
+
+    Session options (where and how this process runs) may change; the data
+    and the recipe may not, except more epochs.
+    """
+    recorded = {**settings.get("arguments", {}), **settings["recipe"]}
+    given = given_arguments(args)
+    differences = []
+    for key, value in given.items():
+        field = RECIPE_OPTIONS.get(key, key)
+        if key in SESSION_ARGUMENTS or field not in recorded or field == "epochs":
+            continue
+        if recorded[field] != value:
+            differences.append(f"--{key.replace('_', '-')}: {recorded[field]!r} -> {value!r}")
+    if differences:
+        raise ValueError(
+            "--resume continues a run with the settings it started with; these differ from "
+            f"its run.json: {'; '.join(differences)}. Leave them out (they are read from "
+            "run.json) or start a new run."
+        )
+    for key in DATA_ARGUMENTS:
+        if getattr(args, key) is None:
+            setattr(args, key, settings.get("arguments", {}).get(key))
+    return settings["recipe"]
+
+
+def make_recipe(args, training, recorded=None):
+    """The Recipe of the command line: demo or paper defaults, or a resumed run's own."""
+    options = {RECIPE_OPTIONS.get(key, key): value for key, value in vars(args).items()}
+    fields = [field.name for field in dataclasses.fields(training.Recipe)]
+    chosen = {name: options[name] for name in fields
+              if options.get(name) is not None}
+    if recorded is not None:
+        return training.Recipe(**{**recorded, **chosen})
+    if not (args.data or args.dataset):
+        chosen = {**DEMO_SETTINGS, **chosen}
+        chosen.setdefault("resize_size", round(chosen["image_size"] * PAPER_RESIZE_RATIO))
+    elif "resize_size" not in chosen and "image_size" in chosen:
+        chosen["resize_size"] = max(256, chosen["image_size"])
+    return training.Recipe(**chosen)
+
+
+def default_output(args):
+    """runs/<data>-<date>-<time>: a new folder for every run (-2, -3... within a second)."""
+    name = (Path(args.data).name if args.data
+            else (args.dataset or "demo").split("/")[0].split(":")[0])
+    stem = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    output, number = stem, 1
+    while os.path.exists(output):
+        number += 1
+        output = f"{stem}-{number}"
+    return output
 
 
 def main(argv=None):
     parser, args = parse_arguments(argv)
     if args.cpu_devices is not None and args.cpu_devices < 1:
         parser.error(f"--cpu-devices must be >= 1. Received: {args.cpu_devices}")
-    if args.data and not os.path.isdir(os.path.expanduser(args.data)):
-        parser.error(f"--data: no such folder: {args.data}")
+    if args.resume and not args.output:
+        parser.error("--resume needs --output: the run folder to continue.")
+    if args.data:
+        args.data = os.path.abspath(os.path.expanduser(args.data))
     configure_environment(args)
 
     import keras
 
     from keras_alexnet import data, training
+    from keras_alexnet.run_folder import RunFolder, RunFolderError
 
     print(f"Keras backend: {keras.backend.backend()}")
+    output = args.output or default_output(args)
     try:
-        recipe = make_recipe(args, training)
-        # Check the output folder before anything is written (the demo dataset too).
-        training.prepare_run_folder(args.output, args.resume, args.overwrite, create=False)
-        training.check_distribution(args.distribute)
+        settings = RunFolder(output).check(args.resume, args.overwrite)
+        recorded = resume_arguments(args, settings) if args.resume else None
+        if args.data and not os.path.isdir(os.path.expanduser(args.data)):
+            raise ValueError(f"--data: no such folder: {args.data}")
+        recipe = make_recipe(args, training, recorded)
+        distribute = args.distribute or "none"
+        training.check_distribution(distribute)
         if args.cpu_devices and keras.backend.backend() == "tensorflow":
             training.split_cpu_for_tensorflow(args.cpu_devices)
         source = data.from_arguments(args.data, args.dataset, args.data_dir, args.manual_dir,
-                                     args.validation_fraction)
+                                     0.1 if args.validation_fraction is None
+                                     else args.validation_fraction)
         summary = training.train(
-            recipe, source, args.output, resume=args.resume, overwrite=args.overwrite,
-            distribute=args.distribute, export=args.export,
+            recipe, source, output, resume=args.resume, overwrite=args.overwrite,
+            distribute=distribute, export=args.export,
             verbose=0 if args.quiet else "auto",
+            arguments={key: getattr(args, key) for key in DATA_ARGUMENTS},
         )
-    except (ValueError, FileNotFoundError, training.RunFolderError) as error:
-        # Bad arguments, data or output folder: say which, and write nothing.
+    except (ValueError, FileNotFoundError, FileExistsError, RunFolderError,
+            data.OfflineError) as error:
+        # Bad arguments, data or output folder: say which; nothing was written.
         print(f"error: {error}", file=sys.stderr)
         return 2
     except training.NaNLossError as error:
-        print(f"error: {error} Training stopped; the last good checkpoint is in "
-              f"{os.path.join(args.output, 'backup')} (resume with --resume after "
-              "lowering --lr).", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 3
 
     if summary["top1_error"] is not None:
@@ -156,7 +225,7 @@ def main(argv=None):
               f"{100 * summary['top5_error']:.1f}% (chance top-1 error "
               f"{100 * summary['chance_top1_error']:.1f}%).")
     print(f"Model: {summary['final_model']} (best: {summary['best_model']}); logs, "
-          f"checkpoints and summary.json in {os.path.abspath(args.output)}")
+          f"checkpoints and summary.json in {os.path.abspath(output)}")
     if "export" in summary:
         print(f"SavedModel: {summary['export']}")
     return 0

@@ -4,21 +4,33 @@ The same code runs on the TensorFlow, JAX and PyTorch backends; importing this
 package never chooses the backend (`KERAS_BACKEND` does), never imports jax or
 torch itself, and loads TensorFlow only for what needs it (`tf.data`
 pipelines, SavedModel export), so the model builds and trains on JAX or
-PyTorch without it.
+PyTorch without it. Submodules (`keras_alexnet.data`, `.presets`,
+`.training`, ...) are imported on first access, like numpy's and keras'.
 """
 
+import importlib
+
 from keras_alexnet import layers
-from keras_alexnet.imagenet import decode_predictions
 from keras_alexnet.models import AlexNet
 
 __version__ = "0.1.0"
 
-__all__ = ["AlexNet", "decode_predictions", "export_saved_model", "layers", "__version__"]
+# Imported on first access (PEP 562), so `import keras_alexnet` stays light.
+SUBMODULES = ("augment", "convert", "data", "evaluation", "export", "imagenet", "layers",
+              "models", "predict", "presets", "run_folder", "training", "visualize")
+LAZY_ATTRIBUTES = {"export_saved_model": "export", "decode_predictions": "imagenet"}
+
+__all__ = ["AlexNet", "decode_predictions", "export_saved_model", "__version__", *SUBMODULES]
 
 
 def __getattr__(name):
-    if name == "export_saved_model":
-        from keras_alexnet.export import export_saved_model
+    if name in SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in LAZY_ATTRIBUTES:
+        module = importlib.import_module(f"{__name__}.{LAZY_ATTRIBUTES[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-        return export_saved_model
-    raise AttributeError(f"module 'keras_alexnet' has no attribute {name!r}")
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -8,7 +8,12 @@ import numpy as np
 # backend. Private in Keras 3.15, but shipped; a custom layer needs the same.
 from keras.src.layers.preprocessing.data_layer import DataLayer
 
-# ImageNet RGB statistics, pixels in [0, 1] (fb.resnet.torch, datasets/imagenet.lua).
+# ImageNet RGB statistics, pixels in [0, 1] (fb.resnet.torch, datasets/imagenet.lua):
+# eigenvalues and eigenvectors of the covariance of all pixels of a random subset of
+# training images, pooled. Their sum, 0.2408, is ImageNet's global pixel variance
+# (a global std of about 0.28 per channel, as torchvision #1439 measured). It exceeds
+# what IMAGENET_STD (0.229, 0.224, 0.225) implies because that std is the mean of
+# per-image stds (torchvision #1965), which leaves out the variation between images.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_EIGVEC = (
     (-0.5675, 0.7192, 0.4009),
@@ -24,8 +29,15 @@ class PCALighting(DataLayer):
     For each image it draws `alpha ~ N(0, alpha_std)` (3 values) and adds the
     same RGB offset `sum_i eigvec[:, i] * alpha[i] * eigval[i]` to every
     pixel, where `eigval`/`eigvec` are the eigenvalues and eigenvectors (as
-    columns, rows R, G, B) of the covariance of RGB pixel values. Defaults are
-    ImageNet's, for pixels in [0, 1]. Outputs are not clipped (as in the paper).
+    columns, rows R, G, B) of the covariance of RGB pixel values in [0, 1],
+    all pixels of the dataset pooled: the paper's formula on the scale of
+    fb.resnet.torch, whose ImageNet values are the defaults, and the scale
+    `estimate_pca_lighting` returns, so your own estimate gives the same
+    strength of lighting for the same statistics. (The eigenvalues are
+    variances, so the offset is not invariant to the pixel scale: on [0, 255]
+    pixels use `value_range=(0, 255)`, which scales the offset, never
+    eigenvalues measured on that scale.) Outputs are not clipped (as in the
+    paper).
 
     Works on one image `(H, W, 3)` or a batch `(N, H, W, 3)`, inside a model
     or inside `tf.data.Dataset.map` under every backend. Only active in
@@ -117,9 +129,11 @@ def estimate_pca_lighting(images, max_pixels=1_000_000, seed=0):
         seed: seed of the pixel sample.
 
     Returns:
-        `(eigval, eigvec)`: eigenvalues in decreasing order (pixels in
-        [0, 1]) and a 3x3 matrix whose columns are the matching
-        eigenvectors, ready for `PCALighting(eigval=..., eigvec=...)`.
+        `(eigval, eigvec)`: eigenvalues of the covariance of all sampled pixels
+        pooled, in decreasing order, on the [0, 1] scale whatever the input's
+        (the scale of `IMAGENET_EIGVAL`), and a 3x3 matrix whose columns are
+        the matching eigenvectors, ready for `PCALighting(eigval=...,
+        eigvec=...)` and `TrainPreset(eigval=..., eigvec=...)`.
     """
     rng = np.random.default_rng(seed)
     samples = []
@@ -128,6 +142,13 @@ def estimate_pca_lighting(images, max_pixels=1_000_000, seed=0):
         pixels = array.reshape(-1, 3).astype("float64")
         if array.dtype == np.uint8:
             pixels /= 255.0
+        elif pixels.size and pixels.max() > 2:
+            # Eigenvalues are variances: [0, 255] floats would give 65,025 times
+            # stronger lighting than the same images as uint8.
+            raise ValueError(
+                "Float images must hold pixels on the [0, 1] scale (uint8 images are "
+                f"scaled). Received values up to {pixels.max():g}"
+            )
         samples.append(pixels[rng.choice(len(pixels), min(len(pixels), 4096), replace=False)])
     if not samples:
         raise ValueError("`images` is empty: PCA lighting needs at least one image.")

@@ -27,6 +27,8 @@ fused LRN kernel and per-group convolutions) serves faster than a jax2tf one.
 
 import argparse
 import dataclasses
+import functools
+import importlib
 import json
 import os
 import shutil
@@ -37,6 +39,7 @@ import uuid
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_alexnet._validation import check_positive_int
@@ -48,7 +51,7 @@ CLASS_NAMES_ASSET = "class_names.txt"
 
 
 def export_saved_model(model, path, class_names=None, preset=None, top_k=5,
-                       overwrite=False):
+                       overwrite=False, outputs="auto", custom_objects=None):
     """Writes `model` as a TensorFlow SavedModel at `path`, atomically.
 
     Args:
@@ -57,31 +60,45 @@ def export_saved_model(model, path, class_names=None, preset=None, top_k=5,
         path: the export folder. For TensorFlow Serving use
             `<models>/<name>/<version>` (e.g. `exports/alexnet/1`).
         class_names: the label of each output class; defaults to the
-            ILSVRC-2012 names for 1000 classes, else "0", "1", ...
+            ILSVRC-2012 names for 1000 classes, else "0", "1", ... Not used
+            for `outputs="features"`.
         preset: the `EvalPreset` applied to raw images in `serving_default`;
             by default one whose crop matches the model's input size, which
             does not normalise when the model does so itself.
         top_k: how many top classes `serving_default` returns.
-        overwrite: replace an existing export at `path`. Without it an
-            existing `path` is an error and is left untouched.
+        overwrite: replace a previous SavedModel at `path`. Without it an
+            existing export is an error. Either way a folder that holds
+            anything but a SavedModel (a TF Serving base folder with version
+            sub-folders, say) or a file is refused and left untouched.
+        outputs: what the model outputs: `"probabilities"` (served as they
+            are), `"logits"` (served through a softmax), `"features"` (a
+            feature extractor, e.g. `include_top=False`: served as
+            `features`, with no labels), or `"auto"`: probabilities if the
+            model's outputs on two probe batches are non-negative rows
+            summing to 1, else logits if the model has a classifier layer
+            named `fc8`, else features.
+        custom_objects: `{name: class or function}` the model needs to load,
+            as for `keras.saving.load_model`. On JAX and PyTorch the export
+            runs in a TensorFlow subprocess, which imports the module that
+            defines each of these and each registered custom object of the
+            model; objects defined in `__main__` (a script or notebook)
+            cannot be imported there and are named in the error.
 
     Returns:
         The export's path.
     """
     path = Path(path).expanduser().resolve()
     crop_size = _square_input_size(model)
-    classes = int(model.output_shape[-1])
-    if class_names is None:
-        class_names = (imagenet_class_names() if classes == len(imagenet_class_names())
-                       else range(classes))
-    class_names = [str(name) for name in class_names]
-    if len(class_names) != classes:
-        raise ValueError(
-            f"`class_names` has {len(class_names)} names but the model has {classes} "
-            "outputs."
-        )
-    if any("\n" in name or "\r" in name for name in class_names):
-        raise ValueError("Class names must not contain line breaks.")
+    outputs = _resolve_outputs(model, outputs, crop_size)
+    if outputs == "features":
+        if class_names is not None:
+            raise ValueError(
+                "A feature extractor's export has no labels: pass class_names=None with "
+                f"outputs='features'. Received: {len(class_names)} class names"
+            )
+        class_names = []
+    else:
+        class_names = _checked_class_names(model, class_names)
     check_positive_int("top_k", top_k)
     model_normalizes = normalizes_inputs(model)
     preset = preset or EvalPreset(crop_size=crop_size, resize_size=max(256, crop_size),
@@ -97,22 +114,119 @@ def export_saved_model(model, path, class_names=None, preset=None, top_k=5,
             "`preset` that normalises too would do it twice: pass normalize=False. "
             f"Received: preset={preset}"
         )
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists; pass overwrite=True (--overwrite) to replace it."
-        )
+    check_export_target(path, overwrite)
+    modules = _modules_to_import(model, custom_objects)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    top_k = min(top_k, max(len(class_names), 1))
     try:
         if keras.backend.backend() == "tensorflow":
-            _write_saved_model(model, staging, class_names, preset, min(top_k, classes))
+            _write_saved_model(model, staging, class_names, preset, top_k, outputs)
         else:
-            _write_in_tensorflow_subprocess(model, staging, class_names, preset,
-                                            min(top_k, classes))
+            _write_in_tensorflow_subprocess(model, staging, {
+                "class_names": class_names, "preset": dataclasses.asdict(preset),
+                "top_k": top_k, "outputs": outputs, "modules": modules,
+                "custom_objects": {name: f"{value.__module__}:{value.__qualname__}"
+                                   for name, value in (custom_objects or {}).items()},
+            })
         _replace(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(path)
+
+
+# What `tf.saved_model.save` writes; a folder holding only these is a SavedModel.
+SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "saved_model.pbtxt", "variables",
+                                 "assets", "assets.extra", "fingerprint.pb"})
+
+
+def check_export_target(path, overwrite=False):
+    """Raises unless a SavedModel may be written at `path`; touches nothing.
+
+    A missing path or an empty folder is free. A previous SavedModel is
+    replaced only with `overwrite`. A file, or a folder holding anything but
+    a SavedModel, is refused.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a SavedModel folder; nothing was "
+                              "touched. Choose another export path.")
+    entries = sorted(entry.name for entry in os.scandir(path))
+    if not entries:
+        return
+    foreign = [name for name in entries if name not in SAVED_MODEL_ENTRIES]
+    if foreign or not {"saved_model.pb", "saved_model.pbtxt"} & set(entries):
+        versions = [int(name) for name in entries if name.isdigit()]
+        hint = (f" To serve a new version beside the others, export to "
+                f"{path / str(max(versions) + 1)}." if versions else "")
+        raise FileExistsError(
+            f"{path} holds {foreign or entries}, which is not a SavedModel; an export "
+            f"replaces only a previous SavedModel, so nothing was touched.{hint}"
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"{path} already holds a SavedModel; pass overwrite=True (--overwrite) to "
+            "replace it."
+        )
+
+
+def _checked_class_names(model, class_names):
+    classes = int(model.output_shape[-1])
+    if class_names is None:
+        if classes == len(imagenet_class_names()):
+            return imagenet_class_names()
+        return [str(index) for index in range(classes)]
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != classes:
+        raise ValueError(
+            f"`class_names` has {len(class_names)} names but the model has {classes} "
+            "outputs."
+        )
+    bad = [index for index, name in enumerate(class_names)
+           if not name or "\n" in name or "\r" in name]
+    if bad:
+        raise ValueError(
+            "Class names must be non-empty and hold no line breaks (they are stored one "
+            f"per line). Received: {[class_names[index] for index in bad[:5]]} at "
+            f"indices {bad[:5]}"
+        )
+    return class_names
+
+
+OUTPUTS = ("auto", "probabilities", "logits", "features")
+
+
+def _resolve_outputs(model, outputs, crop_size):
+    """Which of OUTPUTS the model's output is (see `export_saved_model`)."""
+    if outputs not in OUTPUTS:
+        raise ValueError(f"`outputs` must be one of {OUTPUTS}. Received: outputs={outputs!r}")
+    if len(model.outputs) != 1:
+        raise ValueError(f"The model must have one output. Received: {len(model.outputs)}")
+    rank = len(model.output_shape)
+    if outputs in ("probabilities", "logits") and rank != 2:
+        raise ValueError(
+            f"outputs={outputs!r} needs (batch, classes) outputs, but the model outputs "
+            f"{model.output_shape}: export a feature extractor with outputs='features'."
+        )
+    if outputs != "auto":
+        return outputs
+    if rank != 2:
+        return "features"
+    # Two probes, one at the scale of normalised images and one far beyond it.
+    probes = np.random.default_rng(0).normal(size=(2, crop_size, crop_size, 3))
+    probes *= np.array([1.0, 50.0]).reshape(2, 1, 1, 1)
+    scores = keras.ops.convert_to_numpy(model(probes.astype("float32"), training=False))
+    scores = scores.astype("float64")
+    if np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1, atol=1e-3):
+        return "probabilities"
+    return "logits" if _has_layer(model, "fc8") else "features"
+
+
+def _has_layer(model, name):
+    return any(layer.name == name or (hasattr(layer, "layers") and _has_layer(layer, name))
+               for layer in model.layers)
 
 
 def _square_input_size(model):
@@ -126,7 +240,12 @@ def _square_input_size(model):
 
 
 def _replace(staging, path):
-    """Moves the finished export into place; an old export is removed only after."""
+    """Moves the finished export into place; a previous export is removed only after.
+
+    `path` is missing, an empty folder or a SavedModel (`check_export_target`).
+    """
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
     if not path.exists():
         os.rename(staging, path)
         return
@@ -137,15 +256,16 @@ def _replace(staging, path):
     except OSError:
         os.rename(backup, path)
         raise
-    shutil.rmtree(backup, ignore_errors=True)
+    shutil.rmtree(backup)
 
 
-def _write_saved_model(model, directory, class_names, preset, top_k):
-    directory = Path(directory)
+def _write_saved_model(model, directory, class_names, preset, top_k, outputs):
     with tempfile.TemporaryDirectory() as scratch:
-        names_file = Path(scratch) / CLASS_NAMES_ASSET
-        names_file.write_text("\n".join(class_names) + "\n")
-        module = _ServingModule(model, str(names_file), preset, top_k)
+        names_file = None
+        if outputs != "features":
+            names_file = Path(scratch) / CLASS_NAMES_ASSET
+            names_file.write_text("\n".join(class_names) + "\n")
+        module = _ServingModule(model, names_file, preset, top_k, outputs)
         signatures = {
             "serving_default": module.serve.get_concrete_function(),
             "predict_preprocessed": module.predict_preprocessed.get_concrete_function(),
@@ -156,21 +276,21 @@ def _write_saved_model(model, directory, class_names, preset, top_k):
 class _ServingModule(tf.Module):
     """The exported object: the model, its preprocessing, labels and two signatures."""
 
-    def __init__(self, model, class_names_file, preset, top_k):
+    def __init__(self, model, class_names_file, preset, top_k, outputs):
         super().__init__(name="keras_alexnet_serving")
         self.model = model
         self.preset = preset
         self.top_k = top_k
-        self.class_names_asset = tf.saved_model.Asset(class_names_file)
-        self.labels = tf.lookup.StaticHashTable(
-            tf.lookup.TextFileInitializer(
-                self.class_names_asset, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
-                tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
-            ),
-            default_value="",
-        )
-        activation = getattr(model.layers[-1], "activation", None)
-        self.outputs_are_probabilities = activation is keras.activations.softmax
+        self.outputs = outputs
+        if class_names_file is not None:
+            self.class_names_asset = tf.saved_model.Asset(str(class_names_file))
+            self.labels = tf.lookup.StaticHashTable(
+                tf.lookup.TextFileInitializer(
+                    self.class_names_asset, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+                    tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                ),
+                default_value="",
+            )
         crop = preset.crop_size
         self.serve = tf.function(
             self._serve,
@@ -185,7 +305,9 @@ class _ServingModule(tf.Module):
     def _serve(self, images):
         outputs = self.model(self.preset.preprocess(images), training=False)
         outputs = tf.cast(outputs, tf.float32)
-        probabilities = outputs if self.outputs_are_probabilities else tf.nn.softmax(outputs)
+        if self.outputs == "features":
+            return {"features": outputs}
+        probabilities = outputs if self.outputs == "probabilities" else tf.nn.softmax(outputs)
         top = tf.math.top_k(probabilities, k=self.top_k)
         return {
             "probabilities": probabilities,
@@ -198,19 +320,58 @@ class _ServingModule(tf.Module):
         return {"outputs": tf.cast(self.model(inputs, training=False), tf.float32)}
 
 
-def _write_in_tensorflow_subprocess(model, directory, class_names, preset, top_k):
+def _modules_to_import(model, custom_objects):
+    """Modules a fresh process must import to load `model`'s `.keras` file.
+
+    Every custom object Keras serialises names the module that defines it;
+    keras' and keras_alexnet's own load by themselves. Raises ValueError for
+    objects defined in `__main__`, which another process cannot import.
+    """
+    found = {}
+
+    def visit(item):
+        if isinstance(item, dict):
+            class_name = item.get("class_name")
+            # Keras writes module None for objects of __main__; "__lambda__"
+            # and other dunder entries are data (bytecode, tensors), not imports.
+            if "module" in item and isinstance(class_name, str) \
+                    and not class_name.startswith("__"):
+                module = item["module"] or "__main__"
+                found.setdefault(module, set()).add(item.get("registered_name") or class_name)
+            for value in item.values():
+                visit(value)
+        elif isinstance(item, (list, tuple)):
+            for value in item:
+                visit(value)
+
+    visit(keras.saving.serialize_keras_object(model))
+    for name, value in (custom_objects or {}).items():
+        found.setdefault(value.__module__, set()).add(name)
+    own = ("keras", "keras_alexnet", "builtins")
+    modules = sorted(module for module in found if module.split(".")[0] not in own)
+    if "__main__" in modules and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"The model uses {sorted(found['__main__'])}, defined in __main__ (a script or "
+            f"notebook). On the {keras.backend.backend()} backend the export loads the "
+            "model in a TensorFlow subprocess, which cannot import __main__: move them "
+            "into an importable module (e.g. my_layers.py next to your script), or export "
+            "under KERAS_BACKEND=tensorflow."
+        )
+    return modules
+
+
+def _write_in_tensorflow_subprocess(model, directory, settings):
     with tempfile.TemporaryDirectory() as scratch:
         model_file = Path(scratch) / "model.keras"
         model.save(model_file)
-        settings = Path(scratch) / "settings.json"
-        settings.write_text(json.dumps({
-            "class_names": class_names,
-            "preset": dataclasses.asdict(preset),
-            "top_k": top_k,
-        }))
+        settings_file = Path(scratch) / "settings.json"
+        settings_file.write_text(json.dumps(settings))
         command = [sys.executable, "-m", "keras_alexnet.export", str(model_file),
-                   str(directory), str(settings)]
-        env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+                   str(directory), str(settings_file)]
+        # The user's modules must import in the subprocess as they do here.
+        python_path = os.pathsep.join(
+            [os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])])
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": python_path}
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(
@@ -229,11 +390,21 @@ def _main():
     import keras_alexnet  # noqa: F401  registers the custom layers
 
     settings = json.loads(Path(args.settings).read_text())
-    model = keras.saving.load_model(args.model_file, compile=False)
+    for module in settings["modules"]:
+        importlib.import_module(module)
+    custom_objects = {}
+    for name, location in settings["custom_objects"].items():
+        module, qualname = location.split(":")
+        custom_objects[name] = functools.reduce(getattr, qualname.split("."),
+                                                importlib.import_module(module))
+    # The file was written a moment ago by export_saved_model from the user's
+    # own model: loading it may run its Lambda layers' code.
+    model = keras.saving.load_model(args.model_file, custom_objects=custom_objects,
+                                    compile=False, safe_mode=False)
     preset = EvalPreset(**{key: tuple(value) if isinstance(value, list) else value
                            for key, value in settings["preset"].items()})
     _write_saved_model(model, args.directory, settings["class_names"], preset,
-                       settings["top_k"])
+                       settings["top_k"], settings["outputs"])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ so served and evaluated images go through the same code.
 """
 
 import dataclasses
+import os
 
 import tensorflow as tf
 
@@ -23,6 +24,14 @@ from keras_alexnet.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from keras_alexnet.models import normalizes_inputs
 
 POLICIES = (None, "randaugment", "augmix")
+# The default shuffle buffer holds as many decoded training images (uint8
+# squares of `resize_size`, 196,608 bytes each at 256) as fit in this.
+SHUFFLE_BUFFER_BYTES = 512 * 1024**2
+
+
+def square_bytes(resize_size):
+    """Bytes of one decoded training image as the presets buffer and cache it."""
+    return resize_size * resize_size * 3
 
 
 def resize_short_side(image, size):
@@ -106,18 +115,38 @@ class TrainPreset:
         if self.policy not in POLICIES:
             raise ValueError(f"`policy` must be one of {POLICIES}. Received: {self.policy!r}")
 
+    def square(self, image):
+        """One uint8 image -> its central `resize_size` square (short side resized), uint8.
+
+        The deterministic part of the augmentation, done once per image before
+        the shuffle buffer and the cache (as the paper down-sampled every
+        image to 256x256 once). An image already of that size passes as it is.
+        """
+        size = self.resize_size
+        shape = tf.shape(image)
+        return tf.cond(
+            tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size)),
+            lambda: image,
+            lambda: tf.cast(tf.round(tf.clip_by_value(
+                center_crop(resize_short_side(image, size), size), 0.0, 255.0)), tf.uint8),
+        )
+
     def augment(self, image, seed):
         """One uint8 image and a `[2]` int seed -> float32 crop in [0, 1] (not normalised)."""
+        return self.random_crop(self.square(image), seed)
+
+    def random_crop(self, square, seed):
+        """A `square()` and a `[2]` int seed -> the random part: crop, flip, lighting."""
         crop_seed, flip_seed, lighting_seed = tf.unstack(
             tf.random.experimental.stateless_split(seed, 3)
         )
-        image = center_crop(resize_short_side(image, self.resize_size), self.resize_size)
+        square.set_shape([self.resize_size, self.resize_size, 3])
         image = tf.image.stateless_random_crop(
-            image, [self.crop_size, self.crop_size, 3], seed=crop_seed
+            square, [self.crop_size, self.crop_size, 3], seed=crop_seed
         )
         flip = tf.random.stateless_uniform([], flip_seed) < self.flip_probability
         image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-        image = image / 255.0
+        image = tf.cast(image, tf.float32) / 255.0
         if self.lighting_std > 0:
             alpha = tf.random.stateless_normal([3], lighting_seed, stddev=self.lighting_std)
             # offset[c] = sum_i eigvec[c, i] * alpha[i] * eigval[i], as PCALighting.
@@ -126,29 +155,110 @@ class TrainPreset:
             image = image + offset
         return image
 
-    def dataset(self, examples, batch_size, shuffle=True, shuffle_buffer=10_000, seed=None,
-                cache=False, deterministic=False, drop_remainder=True):
+    def dataset(self, examples, batch_size, shuffle=True, shuffle_buffer=None, seed=None,
+                cache=False, deterministic=None, drop_remainder=True):
         """Batches of `(normalised float32 images, labels)` from `(uint8 image, label)`.
+
+        Each image is reduced to its central `resize_size` square (uint8)
+        first; the cache and the shuffle buffer hold those squares, so their
+        memory is `square_bytes(resize_size)` per image whatever the size of
+        the files.
+
+        Shuffling here mixes the images within the buffer only. For a large
+        folder listed class by class, pass examples whose file order is
+        already shuffled every epoch: `source.examples("train", shuffle=True,
+        seed=seed)` (what `keras_alexnet.training` does).
 
         Args:
             examples: `tf.data.Dataset` of decoded `(image, label)`.
             batch_size: global batch size.
             shuffle: shuffle examples (reshuffled every epoch).
-            shuffle_buffer: shuffle buffer size.
+            shuffle_buffer: images in the shuffle buffer; by default as many as
+                fit in `SHUFFLE_BUFFER_BYTES` (512 MiB).
             seed: seed for shuffling and augmentation; `None` for fresh randomness.
-            cache: cache decoded examples in memory (small datasets).
-            deterministic: keep element order fixed under parallelism
-                (with a seed, runs then repeat exactly).
+            cache: keep the decoded squares in memory after the first epoch
+                (`count * square_bytes(resize_size)` bytes).
+            deterministic: keep element order fixed under parallel decoding;
+                by default exactly when `seed` is given, so a seeded pipeline
+                repeats exactly (at a cost in speed measured in BENCHMARKS.md).
             drop_remainder: drop the last incomplete batch.
         """
         check_positive_int("batch_size", batch_size)
-        if cache:
-            examples = examples.cache()
+        shuffle_buffer = self._shuffle_buffer(shuffle_buffer)
+        deterministic = seed is not None if deterministic is None else deterministic
+        squares = self._squares(examples, cache)
         if shuffle:
-            examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            squares = squares.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip(examples, seeds).map(
-            lambda example, example_seed: (self.augment(example[0], example_seed), example[1]),
+        dataset = self._batches(squares, seeds, batch_size, drop_remainder, seed)
+        return _with_options(dataset, deterministic)
+
+    def epochs(self, source, batch_size, seed=None, first_epoch=0, cache=False,
+               shuffle_buffer=None, skipped_log=None):
+        """An endless dataset of training batches from a `Source`, epoch after epoch.
+
+        Epoch `e` is drawn from `(seed, e)` alone: its file order (shuffled
+        before decoding, see `Source.examples`), its shuffle buffer and every
+        crop, flip and lighting offset. So a seeded run repeats exactly, and
+        a run resumed at epoch `e` (`first_epoch=e`) sees what an
+        uninterrupted run would have. Each epoch ends with its last full
+        batch; train with `steps_per_epoch = source.counts["train"] //
+        batch_size` (fewer if some files cannot be decoded: the next epoch
+        then starts a few batches early).
+
+        Args:
+            source: a `keras_alexnet.data.Source` with a `"train"` split.
+            batch_size: global batch size.
+            seed: base seed; `None` draws one.
+            first_epoch: the epoch to start from.
+            cache: decode the training split once, in listing order, and keep
+                its squares in memory (`count * square_bytes(resize_size)`
+                bytes); each epoch then shuffles all of them.
+            shuffle_buffer: images in the shuffle buffer when not cached; by
+                default as many as fit in `SHUFFLE_BUFFER_BYTES`.
+            skipped_log: where a folder source names files it cannot decode
+                (see `Source.examples`).
+        """
+        check_positive_int("batch_size", batch_size)
+        shuffle_buffer = self._shuffle_buffer(shuffle_buffer)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        count = source.counts.get("train")
+        if cache:
+            if count is None:
+                raise ValueError("cache=True needs the size of the training split.")
+            cached = self._squares(source.examples("train", skipped_log=skipped_log),
+                                   cache=True)
+            shuffle_buffer = count
+
+        def one_epoch(epoch):
+            epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
+            squares = cached if cache else self._squares(source.examples(
+                "train", shuffle=True, seed=seed, epoch=epoch, skipped_log=skipped_log))
+            squares = squares.shuffle(shuffle_buffer, seed=epoch_seed)
+            seeds = tf.data.Dataset.range(2**62).map(
+                lambda position: tf.stack([epoch_seed, position]))
+            return self._batches(squares, seeds, batch_size, True, seed)
+
+        dataset = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
+        return _with_options(dataset, deterministic=True)
+
+    def _shuffle_buffer(self, shuffle_buffer):
+        if shuffle_buffer is None:
+            return max(1, SHUFFLE_BUFFER_BYTES // square_bytes(self.resize_size))
+        check_positive_int("shuffle_buffer", shuffle_buffer)
+        return shuffle_buffer
+
+    def _squares(self, examples, cache=False):
+        squares = examples.map(lambda image, label: (self.square(image), label),
+                               num_parallel_calls=tf.data.AUTOTUNE)
+        return squares.cache() if cache else squares
+
+    def _batches(self, squares, seeds, batch_size, drop_remainder, seed):
+        """Random crops of `(square, label)` with one `[2]` seed each, batched and normalised."""
+        dataset = tf.data.Dataset.zip(squares, seeds).map(
+            lambda example, example_seed: (self.random_crop(example[0], example_seed),
+                                           example[1]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder,
@@ -162,8 +272,7 @@ class TrainPreset:
                 return images * 255.0, labels
             return normalize(images, self.mean, self.std), labels
 
-        dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
-        return _with_options(dataset, deterministic)
+        return dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
 
     def _policy_layer(self, seed):
         if self.policy is None:
@@ -250,13 +359,18 @@ class EvalPreset:
         return normalize(pixels / 255.0, self.mean, self.std)
 
     def dataset(self, examples, batch_size, cache=False, deterministic=True):
-        """Batches of `(normalised images, labels)`, in order, keeping the last batch."""
+        """Batches of `(normalised images, labels)`, in order, keeping the last batch.
+
+        `cache` keeps the preprocessed float32 crops in memory after the first
+        pass (`crop_size**2 * 3 * 4` bytes per image, 10 times that with
+        `ten_crop`).
+        """
         check_positive_int("batch_size", batch_size)
-        if cache:
-            examples = examples.cache()
         transform = self.ten_crops if self.ten_crop else self.preprocess
         dataset = examples.map(lambda image, label: (transform(image), label),
                                num_parallel_calls=tf.data.AUTOTUNE)
+        if cache:
+            dataset = dataset.cache()
         dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
         return _with_options(dataset, deterministic)
 

@@ -4,10 +4,12 @@
     source = data.image_folder("~/images")
     summary = training.train(training.Recipe(epochs=30), source, "runs/mine")
 
-The run folder holds `run.json` (the settings), `backup/` (the checkpoint a
-killed run resumes from: weights, optimizer state, epoch and the
-learning-rate schedule), `best.keras`, `final.keras`, `log.csv`,
-`tensorboard/` and, once finished, `summary.json`.
+The run folder (`keras_alexnet.run_folder`) holds `run.json` (the settings),
+`backup/` (the checkpoint a killed run resumes from: weights, optimizer
+state, epoch, the learning-rate schedule's state), `best.keras` and
+`best.json` (its score), `final.keras`, `log.csv`, `tensorboard/`, the
+names of undecodable files met in `skipped_files.txt`, and, once finished,
+`summary.json`.
 """
 
 import contextlib
@@ -15,7 +17,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -24,22 +25,28 @@ import numpy as np
 
 from keras_alexnet import evaluation
 from keras_alexnet._validation import check_positive_int
-from keras_alexnet.export import export_saved_model
+from keras_alexnet.export import check_export_target, export_saved_model
 from keras_alexnet.models import AlexNet
 from keras_alexnet.models.alexnet import validate_architecture
-from keras_alexnet.presets import EvalPreset, TrainPreset
+from keras_alexnet.presets import EvalPreset, TrainPreset, square_bytes
+from keras_alexnet.run_folder import (BACKUP, BEST_MODEL, BEST_SCORE, FINAL_MODEL, LOG,
+                                      SKIPPED_FILES, SUMMARY, TENSORBOARD, RunFolder,
+                                      RunFolderError, write_json_atomically)
 
 DISTRIBUTIONS = ("none", "mirrored", "data-parallel")
-RUN_MARKER = "run.json"
-SUMMARY = "summary.json"
+# Decoded training images are kept in memory for the whole run when their
+# central squares (resize_size**2 * 3 bytes each) fit in this many bytes.
+CACHE_BYTES = 2 * 1024**3
+# Recipe fields a resumed run may change: more epochs. Anything else would
+# change the model or the data under a half-trained run.
+RESUMABLE_CHANGES = ("epochs",)
+
+__all__ = ["Recipe", "NaNLossError", "RunFolderError", "train", "build_model",
+           "make_datasets"]
 
 
 class NaNLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
-
-
-class RunFolderError(RuntimeError):
-    """The output folder cannot be used as asked (exists, unwritable, foreign)."""
 
 
 @dataclasses.dataclass
@@ -179,13 +186,20 @@ def _check_divisible(batch_size, devices):
 
 
 def apply_weight_decay(model, weight_decay):
-    """Adds the paper's weight decay (an L2 penalty wd/2 ||w||^2) to every kernel."""
+    """Adds the paper's weight decay (an L2 penalty wd/2 ||w||^2) to every kernel.
+
+    The regulariser is set on each layer (`kernel_regularizer`, so it is part
+    of the layer's config and a reloaded `.keras` model keeps it) and on its
+    kernel variable (where Keras collects the penalty from a built layer).
+    """
     if weight_decay == 0:
         return
     for layer in model.layers:
         kernel = getattr(layer, "kernel", None)
         if kernel is not None:
-            kernel.regularizer = keras.regularizers.L2(weight_decay / 2)
+            regularizer = keras.regularizers.L2(weight_decay / 2)
+            layer.kernel_regularizer = regularizer
+            kernel.regularizer = regularizer
 
 
 def build_model(recipe, num_classes):
@@ -214,45 +228,75 @@ def build_model(recipe, num_classes):
 # -------------------------------------------------------------- callbacks
 
 
+class Validation(keras.callbacks.Callback):
+    """Adds `val_loss`, `val_top1` and `val_top5` over every validation image to the logs.
+
+    Keras' own validation inside `fit` re-batches for several replicas and
+    then drops or repeats images when the split is not a multiple of the
+    global batch. This evaluates each image exactly once, in any layout,
+    through `keras_alexnet.evaluation` (the code of the final evaluation),
+    and computes the loss as `fit` does: the mean cross-entropy plus the
+    weight-decay penalty. Put it first, so later callbacks see the scores.
+    """
+
+    def __init__(self, dataset, num_classes):
+        super().__init__()
+        self.dataset = dataset
+        self.top5 = min(5, num_classes)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        probabilities, labels = evaluation.predict_probabilities(self.model, self.dataset)
+        picked = probabilities[np.arange(len(labels)), labels]
+        # Keras clips probabilities to [epsilon, 1 - epsilon] in its cross-entropy.
+        epsilon = keras.config.epsilon()
+        cross_entropy = -np.mean(np.log(np.clip(picked, epsilon, 1 - epsilon)))
+        penalty = sum(float(keras.ops.convert_to_numpy(loss)) for loss in self.model.losses)
+        logs["val_loss"] = float(cross_entropy + penalty)
+        logs["val_top1"] = 1 - evaluation.top_k_error(probabilities, labels, 1)
+        logs["val_top5"] = 1 - evaluation.top_k_error(probabilities, labels, self.top5)
+
+
 class PlateauSchedule(keras.callbacks.Callback):
     """Divides the learning rate by 10 when validation top-1 stops improving.
 
     The paper's schedule: "divide the learning rate by 10 when the validation
     error rate stopped improving", three times in all. Unlike
     `keras.callbacks.ReduceLROnPlateau`, its state (best score, epochs
-    without improvement, drops so far) lives in `state_file`, so a resumed run
-    continues the same schedule.
+    without improvement, drops so far) is a plain dict saved with each
+    checkpoint, so a resumed run continues the same schedule. The logs get
+    `learning_rate`: the rate the epoch trained at (a drop applies from the
+    next epoch).
     """
 
-    def __init__(self, state_file, factor=0.1, patience=5, max_drops=3,
-                 monitor="val_top1"):
+    def __init__(self, factor=0.1, patience=5, max_drops=3, monitor="val_top1", state=None):
         super().__init__()
-        self.state_file = Path(state_file)
         self.factor = factor
         self.patience = patience
         self.max_drops = max_drops
         self.monitor = monitor
-        self.state = {"best": -math.inf, "wait": 0, "drops": 0}
+        self.state = dict(state or {"best": -math.inf, "wait": 0, "drops": 0})
 
-    def on_train_begin(self, logs=None):
-        if self.state_file.exists():
-            self.state = json.loads(self.state_file.read_text())
+    def _rate(self):
+        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_rate = self._rate()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        score = logs.get(self.monitor, logs.get("top1"))
-        if score is not None:
-            if score > self.state["best"]:
-                self.state.update(best=float(score), wait=0)
-            else:
-                self.state["wait"] += 1
-            if self.state["wait"] >= self.patience and self.state["drops"] < self.max_drops:
-                rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-                self.model.optimizer.learning_rate.assign(rate * self.factor)
-                self.state.update(wait=0, drops=self.state["drops"] + 1)
-        logs["learning_rate"] = float(
-            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        _write_json_atomically(self.state_file, self.state)
+        logs["learning_rate"] = getattr(self, "epoch_rate", None) or self._rate()
+        score = logs.get(self.monitor)
+        if score is None:
+            return
+        if score > self.state["best"]:
+            self.state.update(best=float(score), wait=0)
+        else:
+            self.state["wait"] += 1
+        if self.state["wait"] >= self.patience and self.state["drops"] < self.max_drops:
+            self.model.optimizer.learning_rate.assign(self._rate() * self.factor)
+            self.state.update(wait=0, drops=self.state["drops"] + 1)
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -268,186 +312,318 @@ class StopOnNaN(keras.callbacks.Callback):
             raise NaNLossError(f"The loss became {loss} at batch {batch}.")
 
 
-class EpochSummary(keras.callbacks.Callback):
-    """Prints one line per epoch: errors, learning rate and images per second."""
+class BestModel(keras.callbacks.Callback):
+    """Saves the model with the best `monitor` score so far to `best.keras`.
 
-    def __init__(self, epochs, images_per_epoch, log=print):
+    The score is kept in `best.json` beside it, so a resumed run replaces
+    `best.keras` only with a better model. Written to a temporary file and
+    renamed, so a kill never leaves half a model.
+    """
+
+    def __init__(self, run, monitor):
+        super().__init__()
+        self.run = run
+        self.monitor = monitor
+        previous = _read_json(run / BEST_SCORE)
+        self.best = previous["value"] if previous else -math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = (logs or {}).get(self.monitor)
+        if score is None or not score > self.best:
+            return
+        self.best = float(score)
+        (self.run / BACKUP).mkdir(exist_ok=True)
+        temporary = self.run / BACKUP / f"partial-{BEST_MODEL}"
+        self.model.save(temporary)
+        os.replace(temporary, self.run / BEST_MODEL)
+        write_json_atomically(self.run / BEST_SCORE,
+                              {"monitor": self.monitor, "value": self.best, "epoch": epoch})
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Commits a checkpoint (weights, optimizer, epoch, schedule state) after every epoch.
+
+    Put it last: when it records an epoch as done, that epoch's log row,
+    TensorBoard events and best model are already written.
+    """
+
+    def __init__(self, run, schedule):
+        super().__init__()
+        self.run = run
+        self.schedule = schedule
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.run.save_checkpoint(self.model, epoch + 1, {"schedule": self.schedule.state})
+
+
+class EpochSummary(keras.callbacks.Callback):
+    """Prints one line per epoch: errors, learning rate and measured images per second.
+
+    Images per second count the batches this epoch really trained on, times
+    the global batch size, over the epoch's training time (validation not
+    included).
+    """
+
+    def __init__(self, epochs, batch_size, log=print):
         super().__init__()
         self.epochs = epochs
-        self.images_per_epoch = images_per_epoch
+        self.batch_size = batch_size
         self.log = log
         self.images_per_second = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        self.trained = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        speed = self.images_per_epoch / (time.perf_counter() - self.started)
-        if speed > 0:
-            self.images_per_second.append(speed)
         line = (f"epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
                 f"top-1 error {100 * (1 - logs.get('top1', 0)):.1f}%")
         if "val_top1" in logs:
             line += (f", validation top-1/top-5 error {100 * (1 - logs['val_top1']):.1f}%/"
                      f"{100 * (1 - logs['val_top5']):.1f}%")
-        line += f", lr {logs.get('learning_rate', float('nan')):.2g}, {speed:.0f} images/s"
+        if "learning_rate" in logs:
+            line += f", lr {logs['learning_rate']:.2g}"
+        if self.batches:
+            speed = self.batches * self.batch_size / (self.trained - self.started)
+            self.images_per_second.append(speed)
+            line += f", {speed:.0f} images/s"
         self.log(line)
 
 
-def _write_json_atomically(path, content):
-    path = Path(path)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(content, indent=2, default=str))
-    os.replace(temporary, path)
+class SkippedFilesReport(keras.callbacks.Callback):
+    """Warns at the end of each epoch about files the input pipeline could not decode.
 
-
-# ------------------------------------------------------------- run folder
-
-
-def prepare_run_folder(output, resume=False, overwrite=False, create=True):
-    """Checks (and with `create`, makes) the run folder, losing nothing already there.
-
-    A folder with a run in it is used only with `resume` (continue it) or
-    `overwrite` (start again; only a keras-alexnet run folder is cleared).
-    With `create=False` nothing is written: a check before any work starts.
+    The pipeline appends their names to `skipped_files.txt` as it meets them
+    (`keras_alexnet.data`); this names the new ones once.
     """
-    output = Path(output).expanduser().resolve()
-    if resume and overwrite:
-        raise RunFolderError("Use either --resume or --overwrite, not both.")
-    if output.exists() and not output.is_dir():
-        raise RunFolderError(f"The output {output} exists and is not a folder.")
-    existing = output.exists() and any(output.iterdir())
-    is_run = (output / RUN_MARKER).exists()
-    if existing and not is_run:
-        raise RunFolderError(
-            f"{output} is not empty and is not a keras-alexnet run folder; choose another "
-            "--output."
-        )
-    if resume and not is_run:
-        raise RunFolderError(f"Nothing to resume: {output} holds no run ({RUN_MARKER}).")
-    if is_run and not (resume or overwrite):
-        state = "a finished run" if (output / SUMMARY).exists() else "an unfinished run"
-        raise RunFolderError(
-            f"{output} already holds {state}; pass --resume to continue it or --overwrite "
-            "to start again."
-        )
-    ancestor = next(path for path in [output, *output.parents] if path.exists())
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise RunFolderError(f"Cannot create or write {output}: {ancestor} is not a "
-                             "writable folder.")
-    if not create:
-        return output
-    if is_run and overwrite:
-        shutil.rmtree(output)
+
+    def __init__(self, path, log=print):
+        super().__init__()
+        self.path = path
+        self.log = log
+        self.reported = set(self.names())
+
+    def names(self):
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, encoding="utf-8", errors="replace") as handle:
+            return list(dict.fromkeys(line.rstrip("\n") for line in handle if line.strip()))
+
+    def on_epoch_end(self, epoch, logs=None):
+        new = [name for name in self.names() if name not in self.reported]
+        if new:
+            shown = ", ".join(new[:10]) + (" ..." if len(new) > 10 else "")
+            self.log(f"warning: skipped {len(new)} file(s) that could not be decoded as "
+                     f"images (listed in {self.path}): {shown}")
+            self.reported.update(new)
+
+
+def _read_json(path):
     try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise RunFolderError(f"Cannot create {output}: {error}") from error
-    return output
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
 
 
 # ----------------------------------------------------------------- train
 
 
-def make_datasets(recipe, source, replicas=1):
-    """The training and validation datasets of a recipe, and steps per epoch."""
+def make_datasets(recipe, source, skipped_log=None, first_epoch=0):
+    """The training and validation datasets of a recipe, and the steps per epoch.
+
+    `first_epoch`: the (Keras) epoch a resumed run starts at; the training
+    batches then continue where the uninterrupted run's would be.
+
+    Raises ValueError when the training split holds less than one batch.
+
+    The training data is `TrainPreset.epochs`: epoch `e` drawn from
+    `(recipe.seed, e)`, so a run resumed at `first_epoch` continues as the
+    uninterrupted run would. Memory: the training images are cached
+    (decoded once, as central `resize_size` squares of uint8) when they fit
+    in `CACHE_BYTES`, and each epoch shuffles all of them. Otherwise the
+    file order is shuffled every epoch before decoding and a shuffle buffer
+    of decoded squares bounded by `presets.SHUFFLE_BUFFER_BYTES` mixes
+    neighbours.
+    """
+    count = source.counts.get("train")
+    if count is not None and count < recipe.batch_size:
+        raise ValueError(
+            f"The training split has {count} images, fewer than one batch of "
+            f"{recipe.batch_size}; use a smaller --batch-size."
+        )
     train_preset = TrainPreset(crop_size=recipe.image_size, resize_size=recipe.resize_size,
                                lighting_std=recipe.lighting_std, policy=recipe.policy)
     eval_preset = EvalPreset(crop_size=recipe.image_size, resize_size=recipe.resize_size)
-    cache = _fits_in_memory(source)
-    train = train_preset.dataset(source.train, recipe.batch_size, seed=recipe.seed,
-                                 cache=cache)
-    steps = recipe.steps_per_epoch
-    if steps is None:
-        count = source.counts.get("train")
-        if count is not None and count < recipe.batch_size:
-            raise ValueError(
-                f"The training split has {count} images, fewer than one batch of "
-                f"{recipe.batch_size}; use a smaller --batch-size."
-            )
+    if count is None:  # a TFDS split without metadata: one pass per epoch
+        examples = source.examples("train", shuffle=True, seed=recipe.seed,
+                                   skipped_log=skipped_log)
+        train = train_preset.dataset(examples, recipe.batch_size, seed=recipe.seed)
+        steps = recipe.steps_per_epoch
+        if steps is not None:
+            train = train.repeat()
     else:
-        train = train.repeat()
+        cache = count * square_bytes(recipe.resize_size) <= CACHE_BYTES
+        data_epoch_batches = count // recipe.batch_size
+        steps = recipe.steps_per_epoch or data_epoch_batches
+        # Where the uninterrupted run would be in the stream of batches: a
+        # capped --steps-per-epoch makes Keras epochs and data epochs differ.
+        data_epoch, offset = divmod(first_epoch * steps, data_epoch_batches)
+        train = train_preset.epochs(source, recipe.batch_size, seed=recipe.seed,
+                                    first_epoch=data_epoch, cache=cache,
+                                    skipped_log=skipped_log).skip(offset)
     validation = None
-    if source.validation is not None:
-        validation = eval_preset.dataset(source.validation, recipe.batch_size, cache=cache)
-        if replicas > 1:
-            # Every replica needs a full share of each batch.
-            validation = validation.unbatch().batch(recipe.batch_size, drop_remainder=True)
+    if "validation" in source.counts:
+        validation = eval_preset.dataset(
+            source.examples("validation", skipped_log=skipped_log), recipe.batch_size,
+            cache=_validation_fits_in_memory(source, eval_preset))
     return train, validation, steps, eval_preset
 
 
-def _fits_in_memory(source):
-    return sum(count or math.inf for count in source.counts.values()) <= 20_000
+def _validation_fits_in_memory(source, preset):
+    count = source.counts.get("validation")
+    # EvalPreset caches float32 crops.
+    return count is not None and count * preset.crop_size**2 * 3 * 4 <= CACHE_BYTES
+
+
+def _recipe_changes(previous, recipe):
+    """`{field: (old, new)}` of recipe fields that differ from a run's `run.json`."""
+    current = dataclasses.asdict(recipe)
+    return {key: (previous.get(key), value) for key, value in current.items()
+            if previous.get(key) != value}
+
+
+def check_resume(run, settings, recipe, source):
+    """Raises ValueError if `recipe` or `source` would change a run being resumed.
+
+    Only `RESUMABLE_CHANGES` (more epochs) may differ from `run.json`, and a
+    run that has done all its epochs continues only with more.
+    Returns a message about what changes, or `None`.
+    """
+    done = (run.read_checkpoint() or {}).get("epoch", 0)
+    if done > recipe.epochs or (done == recipe.epochs and run.is_finished()):
+        raise ValueError(
+            f"The run in {run.path} has finished {done} epochs; pass more than {done} "
+            "--epochs to train it further."
+        )
+    changes = _recipe_changes(settings["recipe"], recipe)
+    for key, old, new in (("source", settings["source"], source.name),
+                          ("class_names", settings["class_names"], source.class_names)):
+        if old != new:
+            changes[key] = (old, new)
+    refused = {key: change for key, change in changes.items() if key not in RESUMABLE_CHANGES}
+    if refused:
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
+        raise ValueError(
+            f"--resume continues a run with the settings it started with; these differ from "
+            f"its run.json: {listed}. Leave them out (they are read from run.json) or start "
+            "a new run."
+        )
+    if "epochs" in changes:
+        old, new = changes["epochs"]
+        return f"Continuing to {new} epochs (the run started with {old})."
+    return None
 
 
 def train(recipe, source, output, resume=False, overwrite=False, distribute="none",
-          export=None, log=print, verbose="auto"):
+          export=None, log=print, verbose="auto", arguments=None):
     """Trains AlexNet on a source with a recipe; returns the summary dict.
+
+    Everything is checked before the first file is written: a bad recipe,
+    source, output folder, export target or distribution raises and leaves
+    the disk as it was.
 
     Args:
         recipe: a `Recipe`.
         source: a `keras_alexnet.data.Source`.
         output: the run folder (see the module docstring).
-        resume: continue the run in `output` from its last checkpoint.
-        overwrite: start again, clearing the run in `output`.
+        resume: continue the run in `output` from its last checkpoint; the
+            recipe and source must be the run's own (more epochs allowed).
+        overwrite: start again, deleting the previous run's files in
+            `output` (only a keras-alexnet run's own files: a folder holding
+            anything else is refused), and replace a previous SavedModel at
+            `export`.
         distribute: `"none"`, `"mirrored"` (TensorFlow) or `"data-parallel"` (JAX).
         export: a folder to export the final model to as a SavedModel.
         log: where progress lines go.
         verbose: Keras' `fit` verbosity (progress bar).
+        arguments: extra settings to record in `run.json` (train.py's data
+            arguments, so `--resume` alone can rebuild the source).
     """
-    if export is not None and Path(export).exists() and not overwrite:
-        raise RunFolderError(f"The export folder {export} already exists; pass --overwrite.")
+    run = RunFolder(output)
+    if export is not None:
+        check_export_target(export, overwrite)
+    settings = run.check(resume, overwrite)
+    resume_note = check_resume(run, settings, recipe, source) if resume else None
+    checkpoint = run.read_checkpoint() if resume else None
+    initial_epoch = checkpoint["epoch"] if checkpoint else 0
     scope, replicas = distribution_scope(distribute, recipe.batch_size)
-    output = prepare_run_folder(output, resume=resume, overwrite=overwrite)
-    settings = {"recipe": dataclasses.asdict(recipe), "source": source.name,
-                "class_names": source.class_names, "backend": keras.backend.backend(),
-                "distribute": distribute, "replicas": replicas}
-    if not resume:
-        _write_json_atomically(output / RUN_MARKER, settings)
+    train_data, validation, steps, eval_preset = make_datasets(
+        recipe, source, skipped_log=str(run / SKIPPED_FILES), first_epoch=initial_epoch)
+
+    # Nothing was written before this line.
+    run.create(resume, overwrite)
+    run.write_settings({
+        "recipe": dataclasses.asdict(recipe), "source": source.name,
+        "class_names": source.class_names, "arguments": arguments or {},
+        "backend": keras.backend.backend(), "distribute": distribute, "replicas": replicas,
+    })
     if recipe.seed is not None:
         keras.utils.set_random_seed(recipe.seed)
-
-    train_data, validation, steps, eval_preset = make_datasets(recipe, source, replicas)
     with scope:
         model = build_model(recipe, source.num_classes)
+    if resume:
+        run.restore_checkpoint(model)
+        log(f"Resuming {run.path} after epoch {initial_epoch} of {recipe.epochs}."
+            + (f" {resume_note}" if resume_note else ""))
 
-    # Unknown for TFDS sources without split metadata: then no images/s figure.
-    images_per_epoch = (steps or (source.counts.get("train") or 0) // recipe.batch_size
-                        ) * recipe.batch_size
-    summary_printer = EpochSummary(recipe.epochs, images_per_epoch, log)
     monitor = "val_top1" if validation is not None else "top1"
-    # The backup comes last: when it records an epoch as done, the schedule
-    # state, the CSV row and the best model of that epoch are already written.
+    schedule = PlateauSchedule(recipe.lr_factor, recipe.lr_patience, recipe.max_lr_drops,
+                               monitor=monitor,
+                               state=checkpoint["schedule"] if checkpoint else None)
+    summary_printer = EpochSummary(recipe.epochs, recipe.batch_size, log)
+    skipped_report = SkippedFilesReport(str(run / SKIPPED_FILES), log)
     callbacks = [
         StopOnNaN(),
-        PlateauSchedule(output / "lr_schedule.json", recipe.lr_factor, recipe.lr_patience,
-                        recipe.max_lr_drops, monitor=monitor),
-        keras.callbacks.CSVLogger(str(output / "log.csv"), append=resume),
-        keras.callbacks.TensorBoard(str(output / "tensorboard")),
-        keras.callbacks.ModelCheckpoint(str(output / "best.keras"), monitor=monitor,
-                                        mode="max", save_best_only=True),
+        *([Validation(validation, source.num_classes)] if validation is not None else []),
+        schedule,
+        keras.callbacks.CSVLogger(str(run / LOG), append=resume),
+        keras.callbacks.TensorBoard(str(run / TENSORBOARD)),
+        BestModel(run, monitor),
         summary_printer,
-        keras.callbacks.BackupAndRestore(str(output / "backup"), double_checkpoint=True,
-                                         delete_checkpoint=False),
+        skipped_report,
+        RunCheckpoint(run, schedule),
     ]
-    backup_state = output / "backup" / "training_metadata.json"
-    if resume and backup_state.exists():
-        epoch = json.loads(backup_state.read_text())["epoch"]
-        log(f"Resuming {output} at epoch {epoch + 1} of {recipe.epochs}.")
     log(f"Training AlexNet ({recipe.variant}) on {source.name}: {source.num_classes} classes, "
-        f"{source.counts}, backend {keras.backend.backend()}, {replicas} replica(s).")
+        f"{source.counts}, backend {keras.backend.backend()}, {replicas} replica(s); run "
+        f"folder {run.path}.")
     started = time.perf_counter()
-    model.fit(train_data, validation_data=validation, epochs=recipe.epochs,
-              steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+    try:
+        model.fit(train_data, epochs=recipe.epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)
+    except NaNLossError as error:
+        kept = run.read_checkpoint()
+        raise NaNLossError(
+            f"{error} Training stopped. " + (
+                f"The checkpoint after epoch {kept['epoch']} is kept in {run / BACKUP}; "
+                "lower --lr and continue it with --resume." if kept else
+                "No epoch had finished, so no checkpoint was kept (only run.json and the "
+                "logs); lower --lr and start again with --overwrite.")
+        ) from None
     wall_time = time.perf_counter() - started
-    model.save(output / "final.keras")
+    model.save(run / FINAL_MODEL)
 
     result = {"top1_error": None, "top5_error": None, "examples": 0}
-    if source.validation is not None:
+    if validation is not None:
         final_preset = dataclasses.replace(eval_preset, ten_crop=recipe.ten_crop)
         result = evaluation.evaluate(
-            model, final_preset.dataset(source.validation, recipe.batch_size))
+            model, final_preset.dataset(source.examples("validation"), recipe.batch_size))
+    skipped = skipped_report.names()
     summary = {
         **result,
         "evaluation": "10-crop" if recipe.ten_crop else "centre crop",
@@ -458,12 +634,12 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         "backend": keras.backend.backend(),
         "replicas": replicas,
         "chance_top1_error": 1 - 1 / source.num_classes,
-        "final_model": str(output / "final.keras"),
-        "best_model": str(output / "best.keras"),
+        "skipped_files": skipped,
+        "final_model": str(run / FINAL_MODEL),
+        "best_model": str(run / BEST_MODEL),
     }
     if export is not None:
         summary["export"] = export_saved_model(model, export, class_names=source.class_names,
                                                preset=eval_preset, overwrite=overwrite)
-    _write_json_atomically(output / SUMMARY, summary)
+    write_json_atomically(run / SUMMARY, summary)
     return summary
-

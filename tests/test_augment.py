@@ -97,6 +97,29 @@ def test_estimate_pca_lighting_recovers_a_known_covariance():
         assert cosine > 0.99
 
 
+def test_estimate_pca_lighting_pools_pixels_of_all_images_in_the_unit_range():
+    """The ImageNet eigenvalues are of the covariance of all pixels pooled (their sum,
+    0.2408, is ImageNet's global pixel variance), not of per-image statistics: images of
+    one flat colour each have no variance within an image but still give the
+    covariance of their colours. uint8 pixels are measured on the [0, 1] scale."""
+    rng = np.random.default_rng(1)
+    covariance = EIGVEC @ np.diag(EIGVAL) @ EIGVEC.T
+    colours = np.clip(rng.multivariate_normal([0.5, 0.5, 0.5], covariance / 16, size=400),
+                      0, 1)
+    flat = np.broadcast_to(colours[:, None, None, :], (400, 8, 8, 3))
+    eigval, _ = estimate_pca_lighting(np.round(flat * 255).astype(np.uint8))
+    expected = np.linalg.eigvalsh(np.cov(colours, rowvar=False))[::-1]
+    np.testing.assert_allclose(eigval, expected, rtol=0.02, atol=2e-5)
+
+
+def test_estimate_pca_lighting_refuses_floats_outside_the_unit_range():
+    images = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3))
+    with pytest.raises(ValueError, match=r"\[0, 1\] scale.*Received values up to 2"):
+        estimate_pca_lighting(images)
+    eigval, _ = estimate_pca_lighting(images.astype(np.uint8))
+    np.testing.assert_array_less(eigval, 1.0)
+
+
 def test_estimate_pca_lighting_needs_images():
     with pytest.raises(ValueError, match="empty"):
         estimate_pca_lighting([])

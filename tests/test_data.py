@@ -1,4 +1,5 @@
 import io
+import os
 
 import keras
 import numpy as np
@@ -46,24 +47,167 @@ def _collect(dataset):
     return images, labels
 
 
-def test_image_folder_skips_and_names_bad_files(hostile_folder):
+def test_image_folder_lists_at_once_and_names_bad_files_as_the_pipeline_meets_them(
+        hostile_folder, tmp_path, capfd):
     root, bad_names = hostile_folder
-    with pytest.warns(UserWarning) as record:
+    with pytest.warns(UserWarning, match="zz_empty_class"):
         source = data.image_folder(root, validation_fraction=0.25)
-    messages = " ".join(str(warning.message) for warning in record)
-    assert "Skipped 4 file(s)" in messages
-    for name in bad_names:
-        assert name in messages
-    assert "zz_empty_class" in messages
-    assert sorted(name.split("/")[-1] for name in source.skipped) == bad_names
     assert source.class_names == ["circle", "square", "triangle", "zz_empty_class"]
-    # 4 + 5 extra good images in circle, 4 in square, 4 in triangle = 17 usable.
-    assert source.counts["train"] + source.counts["validation"] == 17
-    images, labels = _collect(source.train.concatenate(source.validation))
-    assert len(images) == 17
-    assert all(image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
-               for image in images)
-    assert sorted(set(labels)) == [0, 1, 2]
+    # Counts come from the listing: 17 decodable files and 4 bad ones.
+    assert source.counts["train"] + source.counts["validation"] == 21
+    log = tmp_path / "skipped.txt"
+    examples = source.train.concatenate(source.validation)
+    for shuffle in (False, True):
+        log.unlink(missing_ok=True)
+        examples = source.examples("train", shuffle=shuffle, seed=1, skipped_log=str(log))
+        images, labels = _collect(examples.concatenate(
+            source.examples("validation", skipped_log=str(log))))
+        assert len(images) == 17
+        assert all(image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
+                   for image in images)
+        assert sorted(set(labels)) == [0, 1, 2]
+        assert sorted(line.split("/")[-1] for line in log.read_text().split()) == bad_names
+    # Without a log, each bad file is named on stderr.
+    capfd.readouterr()
+    assert len(_collect(source.train.concatenate(source.validation))[0]) == 17
+    stderr = capfd.readouterr().err
+    for name in bad_names:
+        assert f"skipped a file that is not a decodable image: {root}" in stderr
+        assert name in stderr
+
+
+def test_a_bad_last_file_is_named_too(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "0.png").write_bytes(_encode(np.zeros((4, 4, 3), np.uint8), "RGB", "PNG"))
+    (tmp_path / "a" / "zz.jpg").write_bytes(b"not an image")
+    source = data.image_folder(tmp_path, validation_fraction=0.0)
+    log = tmp_path / "log.txt"
+    assert len(_collect(source.examples("train", skipped_log=str(log)))[0]) == 1
+    assert log.read_text() == f"{tmp_path / 'a' / 'zz.jpg'}\n"
+
+
+def test_file_names_that_are_not_utf8_are_skipped_and_named(tmp_path):
+    root = data.write_synthetic_image_folder(tmp_path / "d", classes=2, images_per_class=3,
+                                             image_size=(16, 16))
+    bad = os.path.join(os.fsencode(root / "circle"), b"caf\xe9.jpg")
+    with open(bad, "wb") as handle:
+        handle.write((root / "circle" / "0000.jpg").read_bytes())
+    with pytest.warns(UserWarning, match=r"not valid UTF-8.*caf\\xe9\.jpg"):
+        source = data.image_folder(root, validation_fraction=0.0)
+    assert source.counts == {"train": 6}
+    assert [os.fsencode(name) for name in source.skipped] == [bad]
+    assert len(_collect(source.train)[0]) == 6
+
+
+def test_split_folders_are_never_classes(tmp_path):
+    for split, count in (("train", 3), ("test", 2)):
+        data.write_synthetic_image_folder(tmp_path / split, classes=2, images_per_class=count,
+                                          image_size=(16, 16))
+    source = data.image_folder(tmp_path)
+    assert source.class_names == ["circle", "square"]
+    assert source.counts == {"train": 6, "validation": 4}
+    assert "validation: test/" in source.name
+    # val/ is preferred to test/ when both exist.
+    data.write_synthetic_image_folder(tmp_path / "val", classes=2, images_per_class=1,
+                                      image_size=(16, 16))
+    source = data.image_folder(tmp_path)
+    assert source.counts == {"train": 6, "validation": 2} and "validation: val/" in source.name
+    # train/ alone: a held-out fraction of it.
+    only_train = tmp_path / "only"
+    data.write_synthetic_image_folder(only_train / "train", classes=2, images_per_class=10,
+                                      image_size=(16, 16))
+    source = data.image_folder(only_train, validation_fraction=0.2)
+    assert source.class_names == ["circle", "square"]
+    assert source.counts == {"train": 16, "validation": 4}
+    # A validation folder without train/ is an error, not two classes.
+    no_train = tmp_path / "no_train"
+    data.write_synthetic_image_folder(no_train / "val", classes=2, images_per_class=1,
+                                      image_size=(16, 16))
+    with pytest.raises(data.NoUsableImagesError, match="no train/"):
+        data.image_folder(no_train)
+
+
+def test_validation_classes_missing_from_train_are_named_and_left_out(tmp_path):
+    data.write_synthetic_image_folder(tmp_path / "train", classes=2, images_per_class=2,
+                                      image_size=(16, 16))
+    data.write_synthetic_image_folder(tmp_path / "val", classes=3, images_per_class=2,
+                                      image_size=(16, 16))
+    with pytest.warns(UserWarning, match=r"lacks.*\['triangle'\]"):
+        source = data.image_folder(tmp_path)
+    assert source.counts == {"train": 4, "validation": 4}
+    assert sorted(_collect(source.validation)[1]) == [0, 0, 1, 1]
+
+
+def test_hidden_folders_are_skipped_and_links_followed_once(tmp_path):
+    root = data.write_synthetic_image_folder(tmp_path / "d", classes=2, images_per_class=2,
+                                             image_size=(16, 16))
+    checkpoints = root / "circle" / ".ipynb_checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "0000-checkpoint.jpg").write_bytes((root / "circle" / "0000.jpg").read_bytes())
+    (root / ".hidden_class").mkdir()
+    extra = data.write_synthetic_image_folder(tmp_path / "elsewhere", classes=1,
+                                              images_per_class=3, image_size=(16, 16))
+    (root / "square" / "linked").symlink_to(extra / "circle", target_is_directory=True)
+    (root / "square" / "loop").symlink_to(root / "square", target_is_directory=True)
+    source = data.image_folder(root, validation_fraction=0.0)
+    assert source.class_names == ["circle", "square"]
+    assert source.counts == {"train": 2 + 2 + 3}
+    assert sorted(_collect(source.train)[1]) == [0, 0, 1, 1, 1, 1, 1]
+
+
+def test_file_order_is_reshuffled_every_epoch_before_decoding(tmp_path):
+    """A class-sorted folder gives well-mixed batches through a small decoded buffer."""
+    classes = 16
+    for label in range(classes):
+        (tmp_path / f"c{label:02d}").mkdir()
+        for index in range(24):
+            pixels = np.full((4, 4, 3), label, np.uint8)
+            (tmp_path / f"c{label:02d}" / f"{index}.png").write_bytes(
+                _encode(pixels, "RGB", "PNG"))
+    source = data.image_folder(tmp_path, validation_fraction=0.0)
+    preset = TrainPreset(crop_size=4, resize_size=4, lighting_std=0.0)
+
+    def first_batches(dataset, count=3):
+        return [labels.numpy() for _, labels in dataset.take(count)]
+
+    def entropy(labels):
+        frequencies = np.bincount(labels, minlength=classes) / len(labels)
+        frequencies = frequencies[frequencies > 0]
+        return -(frequencies * np.log2(frequencies)).sum()
+
+    # Uniformly random batches of 32 from 16 classes have an entropy near 3.6 bits;
+    # the file list in listing order through a 16-image buffer gives about 1.
+    batches = first_batches(preset.epochs(source, batch_size=32, seed=0, shuffle_buffer=16))
+    assert min(entropy(labels) for labels in batches) > 3.0
+    buffered = first_batches(preset.dataset(source.train, batch_size=32, seed=0,
+                                            shuffle_buffer=16))
+    assert max(entropy(labels) for labels in buffered) < 2.0
+
+
+def test_seeded_epochs_repeat_exactly_and_resume_at_any_epoch(tmp_path):
+    root = data.write_synthetic_image_folder(tmp_path / "d", classes=3, images_per_class=8,
+                                             image_size=(20, 24))
+    source = data.image_folder(root, validation_fraction=0.0)
+    preset = TrainPreset(crop_size=12, resize_size=16)
+    steps = source.counts["train"] // 4
+
+    def run(first_epoch=0, epochs=2, **options):
+        dataset = preset.epochs(source, batch_size=4, seed=7, first_epoch=first_epoch,
+                                **options)
+        return [(images.numpy(), labels.numpy())
+                for images, labels in dataset.take(steps * epochs)]
+
+    for options in ({}, {"cache": True}):
+        first, again = run(**options), run(**options)
+        for (a_images, a_labels), (b_images, b_labels) in zip(first, again):
+            np.testing.assert_array_equal(a_images, b_images)
+            np.testing.assert_array_equal(a_labels, b_labels)
+        epoch_0, epoch_1 = first[:steps], first[steps:]
+        assert not all(np.array_equal(a[1], b[1]) for a, b in zip(epoch_0, epoch_1))
+        resumed = run(first_epoch=1, epochs=1, **options)
+        for (a_images, a_labels), (b_images, b_labels) in zip(epoch_1, resumed):
+            np.testing.assert_array_equal(a_images, b_images)
+            np.testing.assert_array_equal(a_labels, b_labels)
 
 
 def test_held_out_split_is_deterministic_and_stratified(tmp_path):
@@ -119,21 +263,23 @@ def test_missing_and_unusable_sources(tmp_path):
         data.image_folder(tmp_path / "only_text", validation_fraction=1.5)
 
 
-def test_tfds_mock_data_grayscale_feeds_model_fit():
+def test_tfds_mock_data_grayscale_feeds_model_fit(monkeypatch):
+    # mock_data fakes the download; the check that this machine could really download is moot.
+    monkeypatch.setattr(data.tfds, "_check_online", lambda name, data_dir: None)
     with tfds.testing.mock_data(num_examples=16):
         source = data.tfds_dataset("mnist")
-    assert source.num_classes == 10
-    assert set(source.counts) == {"train", "validation"}
-    image, label = next(iter(source.train))
-    assert image.shape[-1] == 3 and image.dtype == tf.uint8
-    preset = TrainPreset(crop_size=67, resize_size=72)
-    train = preset.dataset(source.train, batch_size=8, seed=0)
-    validation = EvalPreset(crop_size=67, resize_size=72).dataset(source.validation, 8)
-    model = AlexNet(input_shape=(67, 67, 3), classes=10, initialization="glorot")
-    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    history = model.fit(train, validation_data=validation, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
-    assert "val_accuracy" in history.history
+        assert source.num_classes == 10
+        assert set(source.counts) == {"train", "validation"}
+        image, label = next(iter(source.train))
+        assert image.shape[-1] == 3 and image.dtype == tf.uint8
+        preset = TrainPreset(crop_size=67, resize_size=72)
+        train = preset.dataset(source.train, batch_size=8, seed=0)
+        validation = EvalPreset(crop_size=67, resize_size=72).dataset(source.validation, 8)
+        model = AlexNet(input_shape=(67, 67, 3), classes=10, initialization="glorot")
+        model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        history = model.fit(train, validation_data=validation, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        assert "val_accuracy" in history.history
 
 
 def test_tfds_imagenet_without_manual_files_says_what_is_needed(tmp_path):
@@ -141,9 +287,25 @@ def test_tfds_imagenet_without_manual_files_says_what_is_needed(tmp_path):
         data.tfds_dataset("imagenet2012", data_dir=str(tmp_path), manual_dir=str(tmp_path))
 
 
-def test_tfds_unknown_name():
-    with pytest.raises(ValueError, match="no_such_dataset"):
-        data.tfds_dataset("no_such_dataset")
+def test_tfds_unknown_name_suggests_close_ones():
+    with pytest.raises(ValueError, match=r"Unknown TFDS dataset 'mnits'\. Did you mean.*'mnist'"
+                       ) as error:
+        data.tfds_dataset("mnits")
+    assert len(str(error.value)) < 400  # not TFDS's whole catalogue
+
+
+def test_tfds_download_without_internet_fails_at_once(tmp_path, monkeypatch):
+    # A proxy on a closed local port: what a machine without internet sees, on any machine.
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    with pytest.raises(data.OfflineError, match=r"'mnist' is not prepared.*download_and_prepare"):
+        data.tfds_dataset("mnist", data_dir=str(tmp_path))
+    assert not any(tmp_path.rglob("*.tfrecord*"))
+
+
+def test_tfds_expands_user_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "ilsvrc")):
+        data.tfds_dataset("imagenet2012", data_dir="~/tfds", manual_dir="~/ilsvrc")
 
 
 def test_from_arguments_rejects_both():

@@ -78,17 +78,121 @@ def test_preprocessed_signature_returns_raw_outputs(model, tmp_path):
     np.testing.assert_allclose(outputs.numpy(), expected, atol=1e-4)
 
 
-def test_existing_export_is_not_overwritten(model, tmp_path):
-    target = tmp_path / "export"
-    target.mkdir()
-    (target / "keep.txt").write_text("precious")
+def test_only_a_previous_savedmodel_is_ever_overwritten(model, tmp_path):
+    target = export_saved_model(model, tmp_path / "export")
     with pytest.raises(FileExistsError, match="overwrite"):
         export_saved_model(model, target)
-    assert (target / "keep.txt").read_text() == "precious"
     export_saved_model(model, target, overwrite=True)
-    assert not (target / "keep.txt").exists()
-    assert (target / "saved_model.pb").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no staging left behind
+    assert (tmp_path / "export" / "saved_model.pb").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no staging or backup left
+
+    # A TF Serving base folder: versions and a README are never replaced.
+    base = tmp_path / "serving"
+    export_saved_model(model, base / "1")
+    (base / "2").mkdir()
+    (base / "README").write_text("mine")
+    before = sorted(str(p.relative_to(base)) for p in base.rglob("*"))
+    with pytest.raises(FileExistsError, match=r"not a SavedModel.*export to .*serving/3"):
+        export_saved_model(model, base, overwrite=True)
+    assert sorted(str(p.relative_to(base)) for p in base.rglob("*")) == before
+    assert (base / "README").read_text() == "mine"
+
+    # A file is not replaced either, and no backup is left beside it.
+    afile = tmp_path / "afile"
+    afile.write_text("data")
+    with pytest.raises(FileExistsError, match="is a file"):
+        export_saved_model(model, afile, overwrite=True)
+    assert afile.read_text() == "data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "export", "serving"]
+
+
+def test_served_probabilities_decided_from_what_the_model_outputs(tmp_path):
+    """A model that ends in softmax anywhere (a wrapper, a Softmax layer) is not
+    softmaxed twice; logits are."""
+    keras.utils.set_random_seed(1)
+    inner = AlexNet(input_shape=(SIZE, SIZE, 3), classes=3, initialization="glorot")
+    wrapped = keras.Sequential([keras.Input((SIZE, SIZE, 3)), inner])
+    logits = AlexNet(input_shape=(SIZE, SIZE, 3), classes=3, initialization="glorot",
+                     classifier_activation=None)
+    softmax_layer = keras.Model(logits.input, keras.layers.Softmax()(logits.output))
+    images = np.random.default_rng(2).integers(0, 256, (4, 80, 80, 3), dtype=np.uint8)
+    preset = EvalPreset(crop_size=SIZE, resize_size=256)
+    inputs = preset.preprocess(tf.constant(images)).numpy()
+    for name, exported, expected in [
+        ("wrapped", wrapped, keras.ops.convert_to_numpy(wrapped(inputs))),
+        ("softmax_layer", softmax_layer, keras.ops.convert_to_numpy(softmax_layer(inputs))),
+        ("logits", logits, keras.ops.convert_to_numpy(keras.ops.softmax(logits(inputs)))),
+    ]:
+        path = export_saved_model(exported, tmp_path / name)
+        served = tf.saved_model.load(path).signatures["serving_default"](
+            images=tf.constant(images))["probabilities"].numpy()
+        np.testing.assert_allclose(served, expected, atol=1e-5, err_msg=name)
+    with pytest.raises(ValueError, match="outputs"):
+        export_saved_model(logits, tmp_path / "bad", outputs="probability")
+
+
+def test_feature_extractors_export_features_without_labels(tmp_path):
+    keras.utils.set_random_seed(0)
+    for pooling, shape in ((None, (2, 1, 1, 256)), ("avg", (2, 256))):
+        extractor = AlexNet(include_top=False, pooling=pooling, input_shape=(SIZE, SIZE, 3),
+                            initialization="glorot")
+        path = export_saved_model(extractor, tmp_path / str(pooling))
+        images = np.random.default_rng(0).integers(0, 256, (2, 70, 90, 3), dtype=np.uint8)
+        outputs = tf.saved_model.load(path).signatures["serving_default"](
+            images=tf.constant(images))
+        assert list(outputs) == ["features"]
+        expected = extractor(EvalPreset(crop_size=SIZE, resize_size=256).preprocess(
+            tf.constant(images)).numpy())
+        assert outputs["features"].shape == shape
+        np.testing.assert_allclose(outputs["features"].numpy(),
+                                   keras.ops.convert_to_numpy(expected), rtol=1e-4, atol=1e-4)
+        assert not (tmp_path / str(pooling) / "assets" / "class_names.txt").exists()
+        with pytest.raises(ValueError, match="no labels"):
+            export_saved_model(extractor, tmp_path / "x", class_names=["a"])
+
+
+def test_class_names_are_checked_up_front(model, tmp_path):
+    names = list(CLASSES)
+    names[2] = ""
+    with pytest.raises(ValueError, match=r"non-empty.*\[''\] at indices \[2\]"):
+        export_saved_model(model, tmp_path / "export", class_names=names)
+    assert list(tmp_path.iterdir()) == []
+
+
+@keras.saving.register_keras_serializable(package="user")
+class Scale(keras.layers.Layer):
+    """A user's custom layer, registered in an importable module (this test file)."""
+
+    def call(self, inputs):
+        return inputs * 2.0
+
+
+def test_custom_layers_and_lambdas_export_from_every_backend(tmp_path):
+    keras.utils.set_random_seed(0)
+    base = AlexNet(input_shape=(SIZE, SIZE, 3), classes=3, initialization="glorot",
+                   classifier_activation=None)
+    scaled = Scale()(base.output)
+    halved = keras.layers.Lambda(lambda x: x * 0.5)(scaled)
+    custom = keras.Model(base.input, halved)
+    images = np.random.default_rng(3).integers(0, 256, (2, 70, 70, 3), dtype=np.uint8)
+    inputs = EvalPreset(crop_size=SIZE, resize_size=256).preprocess(tf.constant(images)).numpy()
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(custom(inputs)))
+    path = export_saved_model(custom, tmp_path / "custom", outputs="logits")
+    served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+
+
+def test_objects_defined_in_main_are_named_off_tensorflow(tmp_path):
+    if keras.backend.backend() == "tensorflow":
+        pytest.skip("TensorFlow exports in-process and needs no import")
+    layer_class = type("MainScale", (keras.layers.Layer,), {
+        "call": lambda self, inputs: inputs, "__module__": "__main__"})
+    keras.saving.register_keras_serializable(package="main")(layer_class)
+    base = AlexNet(input_shape=(SIZE, SIZE, 3), classes=3, initialization="glorot")
+    custom = keras.Model(base.input, layer_class()(base.output))
+    with pytest.raises(ValueError, match=r"main>MainScale.*defined in __main__"):
+        export_saved_model(custom, tmp_path / "custom")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_export_leaves_nothing(model, tmp_path):

@@ -56,6 +56,23 @@ class LocalResponseNormalizationTest(testing.TestCase):
             expected = numpy_lrn(x, size, 3e-4, 0.6, 1.5, axis=axis)
             self.assertAllClose(layer(x), expected, rtol=1e-5, atol=1e-6)
 
+    def test_every_odd_size_and_implementation_matches_numpy(self):
+        x = random_activations((2, 3, 3, 10), seed=5)
+        cotangent = np.random.default_rng(6).normal(size=x.shape).astype("float32")
+        for size in (1, 3, 5, 7, 9):
+            expected = numpy_lrn(x, size, 2e-3, 0.75, 1.0)
+            for implementation in ("ops", "native", "auto"):
+                layer = LocalResponseNormalization(size=size, alpha=2e-3, beta=0.75, k=1.0,
+                                                   implementation=implementation)
+                self.assertAllClose(layer(x), expected, rtol=1e-5, atol=1e-6,
+                                    msg=f"size={size}, implementation={implementation}")
+                reference = LocalResponseNormalization(size=size, alpha=2e-3, beta=0.75,
+                                                       k=1.0, implementation="ops")
+                self.assertAllClose(input_gradient(layer, x, cotangent),
+                                    input_gradient(reference, x, cotangent),
+                                    rtol=1e-4, atol=1e-5,
+                                    msg=f"gradient, size={size}, {implementation}")
+
     def test_matches_tf_nn_value_and_gradient(self):
         x = random_activations((2, 7, 7, 16), seed=1)
         cotangent = np.random.default_rng(2).normal(size=x.shape).astype("float32")

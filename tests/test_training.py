@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import train as train_script
 from keras_alexnet import training
+from keras_alexnet.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = keras.backend.backend()
@@ -39,11 +41,21 @@ def colour_folder(tmp_path_factory):
     return root
 
 
-def run_train(*arguments, backend=BACKEND, env=None):
+def run_train(*arguments, backend=BACKEND, env=None, cwd=ROOT):
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--backend", backend, *arguments],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})},
+        cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})},
     )
+
+
+def final_weights(run_folder):
+    model = keras.saving.load_model(run_folder / "final.keras")
+    return [keras.ops.convert_to_numpy(weight) for weight in model.weights]
+
+
+def log_rows(run_folder):
+    with open(run_folder / "log.csv") as handle:
+        return list(csv.DictReader(handle))
 
 
 def test_train_end_to_end(colour_folder, tmp_path):
@@ -75,16 +87,16 @@ def test_train_end_to_end(colour_folder, tmp_path):
 
 def test_killed_run_resumes_and_completes(colour_folder, tmp_path):
     output = tmp_path / "run"
-    arguments = ["--data", str(colour_folder), "--epochs", "4", "--steps-per-epoch", "6",
-                 "--output", str(output), *FAST]
+    common = ["--data", str(colour_folder), "--epochs", "4", "--steps-per-epoch", "6", *FAST]
+    arguments = [*common, "--output", str(output)]
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "--backend", BACKEND, *arguments],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    metadata = output / "backup" / "training_metadata.json"
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 1:
+        checkpoint = RunFolder(output).read_checkpoint()
+        if checkpoint and checkpoint["epoch"] >= 1:
             break
         time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be killed"
@@ -96,12 +108,17 @@ def test_killed_run_resumes_and_completes(colour_folder, tmp_path):
 
     resumed = run_train(*arguments, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming" in resumed.stdout and "at epoch 1 of 4" not in resumed.stdout
+    assert "Resuming" in resumed.stdout and "after epoch 0 of 4" not in resumed.stdout
     summary = json.loads((output / "summary.json").read_text())
     assert summary["epochs"] == 4
-    with open(output / "log.csv") as handle:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
-    assert epochs[-1] == 3 and sorted(set(epochs)) == [0, 1, 2, 3]
+    # One row per epoch, even if the kill fell between a row and its checkpoint.
+    assert [int(row["epoch"]) for row in log_rows(output)] == [0, 1, 2, 3]
+    # The resumed run ends with the weights of an uninterrupted one (seeded, exact data order).
+    uninterrupted = tmp_path / "uninterrupted"
+    whole = run_train(*common, "--output", str(uninterrupted))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    for resumed_weight, whole_weight in zip(final_weights(output), final_weights(uninterrupted)):
+        np.testing.assert_allclose(resumed_weight, whole_weight, rtol=1e-5, atol=1e-6)
 
 
 def test_nan_loss_stops_with_exit_3_and_saves_no_bad_checkpoint(colour_folder, tmp_path):
@@ -109,9 +126,11 @@ def test_nan_loss_stops_with_exit_3_and_saves_no_bad_checkpoint(colour_folder, t
     result = run_train("--data", str(colour_folder), "--epochs", "2", "--steps-per-epoch", "3",
                        "--output", str(output), *FAST, "--lr", "1e12")
     assert result.returncode == 3, result.stderr[-2000:]
-    assert "loss became" in result.stderr and "last good checkpoint" in result.stderr
-    # The NaN epoch never reached the epoch-end callbacks: no checkpoint of NaN weights.
-    assert not (output / "backup" / "latest.weights.h5").exists()
+    assert "loss became" in result.stderr
+    # The NaN epoch never reached the epoch-end callbacks: no checkpoint of NaN weights,
+    # and the message says so rather than pointing at a backup that does not exist.
+    assert "No epoch had finished, so no checkpoint was kept" in result.stderr
+    assert RunFolder(output).read_checkpoint() is None
     assert not (output / "summary.json").exists()
 
 
@@ -145,6 +164,115 @@ def test_unknown_backend_and_unwritable_output(tmp_path):
     result = run_train("--output", str(foreign), "--overwrite")
     assert result.returncode == 2 and "not a keras-alexnet run folder" in result.stderr
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def _tree(folder):
+    return {str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+            for path in sorted(folder.rglob("*"))}
+
+
+def test_overwrite_deletes_only_a_keras_alexnet_runs_own_files(tmp_path):
+    # Another tool's folder that happens to hold a run.json is not ours.
+    other = tmp_path / "other_tool"
+    (other / "artifacts").mkdir(parents=True)
+    (other / "run.json").write_text('{"recipe": {}, "model": "resnet"}')
+    (other / "metrics.json").write_text("{}")
+    (other / "artifacts" / "model.bin").write_bytes(b"weights")
+    before = _tree(other)
+    result = run_train("--output", str(other), "--overwrite")
+    assert result.returncode == 2 and "not a keras-alexnet run folder" in result.stderr
+    assert _tree(other) == before
+
+    # Our run with something of the user's added: refused, and the user's file named.
+    run = RunFolder(tmp_path / "ours")
+    run.create()
+    run.write_settings({"recipe": {}})
+    (run / "log.csv").write_text("epoch\n")
+    (run / "tensorboard").mkdir()
+    (run / "my_notes.txt").write_text("mine")
+    with pytest.raises(training.RunFolderError, match=r"\['my_notes.txt'\]"):
+        run.create(overwrite=True)
+    assert (run / "log.csv").exists()
+    (run / "my_notes.txt").unlink()
+    run.create(overwrite=True)
+    assert list(run.path.iterdir()) == []
+
+
+def test_overwrite_with_export_never_replaces_a_serving_folder(colour_folder, tmp_path):
+    serving = tmp_path / "serving"
+    (serving / "1").mkdir(parents=True)
+    (serving / "1" / "saved_model.pb").write_bytes(b"v1")
+    (serving / "README").write_text("models")
+    before = _tree(serving)
+    result = run_train("--data", str(colour_folder), "--output", str(tmp_path / "run"),
+                       "--overwrite", "--export", str(serving), *FAST)
+    assert result.returncode == 2 and "not a SavedModel" in result.stderr
+    assert str(serving / "2") in result.stderr  # where a new version would go
+    assert _tree(serving) == before
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_fewer_than_one_batch_is_refused_with_steps_per_epoch_too(colour_folder, tmp_path):
+    output = tmp_path / "run"
+    result = run_train("--data", str(colour_folder), "--output", str(output), *FAST,
+                       "--batch-size", "64", "--steps-per-epoch", "2")
+    assert result.returncode == 2 and "fewer than one batch" in result.stderr
+    assert not output.exists()  # not even run.json: the corrected command is not refused
+    again = run_train("--data", str(colour_folder), "--output", str(output), *FAST,
+                      "--epochs", "1", "--steps-per-epoch", "1")
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_seeded_runs_repeat_exactly(colour_folder, tmp_path):
+    arguments = ["--data", str(colour_folder), "--epochs", "2", "--steps-per-epoch", "2",
+                 *FAST]
+    first = run_train(*arguments, "--output", str(tmp_path / "a"))
+    second = run_train(*arguments, "--output", str(tmp_path / "b"))
+    assert first.returncode == 0 and second.returncode == 0, second.stderr[-2000:]
+    for a, b in zip(final_weights(tmp_path / "a"), final_weights(tmp_path / "b")):
+        np.testing.assert_array_equal(a, b)
+    rows_a, rows_b = log_rows(tmp_path / "a"), log_rows(tmp_path / "b")
+    assert rows_a == rows_b
+
+
+def test_resume_takes_its_settings_from_run_json(colour_folder, tmp_path):
+    output = tmp_path / "run"
+    started = run_train("--data", str(colour_folder), "--output", str(output), *FAST,
+                        "--epochs", "1", "--steps-per-epoch", "2")
+    assert started.returncode == 0, started.stderr[-2000:]
+    changed = run_train("--output", str(output), "--resume", "--image-size", "99",
+                        "--lr", "0.1", "--epochs", "2")
+    assert changed.returncode == 2
+    assert "--image-size: 67 -> 99" in changed.stderr and "--lr: 0.003 -> 0.1" in changed.stderr
+    assert len(changed.stderr) < 2000  # no Keras internals
+    finished = run_train("--output", str(output), "--resume")
+    assert finished.returncode == 2 and "pass more than 1 --epochs" in finished.stderr
+    more = run_train("--output", str(output), "--resume", "--epochs", "2", "--quiet")
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "Continuing to 2 epochs (the run started with 1)" in more.stdout
+    assert [int(row["epoch"]) for row in log_rows(output)] == [0, 1]
+    assert json.loads((output / "summary.json").read_text())["epochs"] == 2
+
+
+def test_each_run_gets_its_own_default_folder(colour_folder, tmp_path):
+    arguments = ["--data", str(colour_folder), *FAST, "--epochs", "1", "--steps-per-epoch", "1"]
+    for _ in range(2):
+        result = run_train(*arguments, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert len(folders) == 2 and all(folder.name.startswith("colours") for folder in folders)
+    assert all((folder / "summary.json").exists() for folder in folders)
+
+
+def test_demo_defaults_are_seeded_and_follow_the_image_size():
+    _, args = train_script.parse_arguments([])
+    recipe = train_script.make_recipe(args, training)
+    assert recipe.seed == 0 and (recipe.image_size, recipe.resize_size) == (67, 76)
+    _, args = train_script.parse_arguments(["--image-size", "227"])
+    assert train_script.make_recipe(args, training).resize_size == 256
+    _, args = train_script.parse_arguments(["--data", "x", "--seed", "3"])
+    recipe = train_script.make_recipe(args, training)
+    assert (recipe.seed, recipe.image_size, recipe.resize_size) == (3, 227, 256)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="the torch backend's distribution error")
@@ -184,6 +312,43 @@ def test_two_devices_step_equals_one_device_step(distribute, backend, tmp_path):
     assert moved == half  # every weight was updated
 
 
+@pytest.fixture(scope="module")
+def seven_validation_images(tmp_path_factory):
+    """train/ with 66 images and val/ with 7 (3 + 2 + 2): not a multiple of anything."""
+    root = tmp_path_factory.mktemp("split")
+    rng = np.random.default_rng(1)
+    for split, counts in (("train", (22, 22, 22)), ("val", (3, 2, 2))):
+        for (name, colour), count in zip(COLOURS.items(), counts):
+            (root / split / name).mkdir(parents=True)
+            for index in range(count):
+                pixels = np.array(colour, float) + rng.normal(0, 30, (40, 40, 3))
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+                    root / split / name / f"{index}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("distribute,backend", [("mirrored", "tensorflow"),
+                                                ("data-parallel", "jax")])
+def test_distributed_validation_sees_every_image_once(seven_validation_images, tmp_path,
+                                                      distribute, backend):
+    if BACKEND != backend:
+        pytest.skip(f"{distribute} runs on the {backend} backend")
+    for batch_size in ("8", "4"):  # smaller than one batch; a last partial batch
+        output = tmp_path / batch_size
+        result = run_train("--data", str(seven_validation_images), "--output", str(output),
+                           *FAST, "--batch-size", batch_size, "--epochs", "1",
+                           "--steps-per-epoch", "2", "--distribute", distribute,
+                           "--cpu-devices", "2")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "ran out of data" not in result.stderr
+        row = log_rows(output)[0]
+        assert all(row[key] not in ("", "NA") for key in ("val_loss", "val_top1", "val_top5"))
+        # Accuracy over 7 images is a multiple of 1/7.
+        assert float(row["val_top1"]) * 7 == pytest.approx(round(float(row["val_top1"]) * 7))
+        summary = json.loads((output / "summary.json").read_text())
+        assert summary["examples"] == 7 and summary["replicas"] == 2
+
+
 def test_batch_must_divide_over_devices():
     with pytest.raises(ValueError, match="multiple of 3"):
         training._check_divisible(128, 3)
@@ -210,21 +375,70 @@ def test_weight_decay_is_the_paper_update_rule():
                                rtol=1e-5)
 
 
-def test_plateau_schedule_divides_by_ten_three_times_and_persists(tmp_path):
+def test_plateau_schedule_divides_by_ten_three_times_and_logs_the_rate_trained_at():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(0.01), "mse")
-    schedule = PlateauSchedule = training.PlateauSchedule(tmp_path / "s.json", patience=2)
+    schedule = training.PlateauSchedule(patience=2)
     schedule.set_model(model)
-    schedule.on_train_begin()
-    rates = []
+    logged, used = [], []
     for epoch, score in enumerate([0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]):
+        schedule.on_epoch_begin(epoch)
+        used.append(round(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)), 8))
         logs = {"val_top1": score}
         schedule.on_epoch_end(epoch, logs)
-        rates.append(round(logs["learning_rate"], 8))
-    assert rates == [0.01, 0.01, 0.01, 0.001, 0.001, 1e-4, 1e-4, 1e-5, 1e-5, 1e-5]
-    restored = PlateauSchedule.__class__(tmp_path / "s.json", patience=2)
-    restored.on_train_begin()
-    assert restored.state["drops"] == 3 and restored.state["best"] == pytest.approx(0.6)
+        logged.append(round(logs["learning_rate"], 8))
+    assert used == [0.01, 0.01, 0.01, 0.01, 0.001, 0.001, 1e-4, 1e-4, 1e-5, 1e-5]
+    assert logged == used  # each row shows the rate its epoch trained at
+    # The state travels in the checkpoint; a restored schedule continues it.
+    restored = training.PlateauSchedule(patience=2, state=schedule.state)
+    assert restored.state == {"best": pytest.approx(0.6), "wait": 2, "drops": 3}
+
+
+def test_best_model_is_replaced_only_by_a_better_one_across_resumes(tmp_path):
+    run = RunFolder(tmp_path / "run").create()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    first = training.BestModel(run, "val_top1")
+    first.set_model(model)
+    first.on_epoch_end(0, {"val_top1": 0.8})
+    saved = (run / "best.keras").read_bytes()
+    resumed = training.BestModel(run, "val_top1")  # a new process, same folder
+    resumed.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    resumed.on_epoch_end(3, {"val_top1": 0.5})
+    assert (run / "best.keras").read_bytes() == saved
+    resumed.on_epoch_end(4, {"val_top1": 0.9})
+    assert (run / "best.keras").read_bytes() != saved
+    assert json.loads((run / "best.json").read_text()) == {
+        "monitor": "val_top1", "value": 0.9, "epoch": 4}
+
+
+def test_resume_rolls_log_and_tensorboard_back_to_the_checkpoint(tmp_path):
+    import tensorflow as tf
+
+    run = RunFolder(tmp_path / "run").create()
+    (run / "log.csv").write_text("epoch,loss\n0,3.0\n1,2.0\n2,1.5\n")
+    writer = tf.summary.create_file_writer(str(run / "tensorboard" / "train"))
+    with writer.as_default():
+        for step in range(3):
+            tf.summary.scalar("epoch_loss", 3.0 - step, step=step)
+    writer.close()
+    run.roll_back_logs(2)  # the checkpoint says two epochs are done
+    assert (run / "log.csv").read_text().split() == ["epoch,loss", "0,3.0", "1,2.0"]
+    events = next((run / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    steps = [event.step for event in tf.compat.v1.train.summary_iterator(str(events))
+             if event.HasField("summary")]
+    assert steps == [0, 1]
+
+
+def test_weight_decay_survives_saving_and_reloading(tmp_path):
+    recipe = training.Recipe(image_size=67, resize_size=67, weight_decay=5e-4)
+    model = training.build_model(recipe, num_classes=3)
+    assert len(model.losses) == 8  # conv1-5, fc6-8
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert len(reloaded.losses) == 8
+    np.testing.assert_allclose(
+        sorted(float(keras.ops.convert_to_numpy(loss)) for loss in reloaded.losses),
+        sorted(float(keras.ops.convert_to_numpy(loss)) for loss in model.losses), rtol=1e-6)
 
 
 def test_train_turns_tensorflow_onednn_on_unless_the_user_chose(monkeypatch):

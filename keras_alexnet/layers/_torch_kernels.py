@@ -58,6 +58,8 @@ def _window_sums(padded, channels, size):
     """Sums of `size` consecutive channels of a tensor zero-padded by
     `size // 2` channels on each side (last axis): one new tensor, then
     additions in place."""
+    if size == 1:
+        return padded[..., 0:channels].clone()
     total = padded[..., 0:channels] + padded[..., 1 : channels + 1]
     for offset in range(2, size):
         total.add_(padded[..., offset : offset + channels])

@@ -1,0 +1,256 @@
+"""A training run's folder: what it holds, how it is recognised, resumed and cleared.
+
+A run folder is recognised by its `run.json`: only keras-alexnet writes one
+with `"format": "keras-alexnet-run"` and a schema number. Everything else in
+the folder is one of the entries `RUN_ENTRIES` names; `--overwrite` deletes
+exactly those and refuses a folder that holds anything more, naming it.
+
+The checkpoint a killed run resumes from is committed in one step: the
+weights (model and optimizer, learning rate included) go to a new file
+under `backup/`, then `backup/checkpoint.json` (epoch, weights file,
+learning-rate schedule state, best score) replaces the previous one
+atomically. Whatever was written after the last commit (a `log.csv` row,
+TensorBoard events of an epoch that did not finish) is rolled back on
+resume, so the log, the schedule and TensorBoard agree with the checkpoint.
+"""
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+
+RUN_FORMAT = "keras-alexnet-run"
+RUN_SCHEMA = 1
+SETTINGS = "run.json"
+SUMMARY = "summary.json"
+LOG = "log.csv"
+BEST_MODEL = "best.keras"
+BEST_SCORE = "best.json"
+FINAL_MODEL = "final.keras"
+SKIPPED_FILES = "skipped_files.txt"
+BACKUP = "backup"
+TENSORBOARD = "tensorboard"
+CHECKPOINT = "checkpoint.json"
+# Every entry a run writes at the top of its folder. Temporary files are
+# these names plus ".tmp".
+RUN_ENTRIES = (SETTINGS, SUMMARY, LOG, BEST_MODEL, BEST_SCORE, FINAL_MODEL, SKIPPED_FILES,
+               BACKUP, TENSORBOARD)
+
+
+class RunFolderError(RuntimeError):
+    """The output folder cannot be used as asked (exists, unwritable, foreign)."""
+
+
+def write_json_atomically(path, content):
+    """Writes JSON to `path` through a temporary file and a rename."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(content, indent=2, default=str))
+    os.replace(temporary, path)
+
+
+def _is_run_entry(name):
+    return name in RUN_ENTRIES or (name.endswith(".tmp") and name[:-4] in RUN_ENTRIES)
+
+
+class RunFolder:
+    """The folder of one training run (see the module docstring).
+
+    Args:
+        path: the folder; `~` is expanded.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path).expanduser().resolve()
+
+    def __truediv__(self, name):
+        return self.path / name
+
+    # ------------------------------------------------------------- identity
+
+    def read_settings(self):
+        """The run's settings from `run.json`, or `None` if it is not our run."""
+        try:
+            settings = json.loads((self.path / SETTINGS).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(settings, dict) or settings.get("format") != RUN_FORMAT:
+            return None
+        if not isinstance(settings.get("schema"), int) or settings["schema"] > RUN_SCHEMA:
+            raise RunFolderError(
+                f"{self.path} holds a run of keras-alexnet run schema "
+                f"{settings.get('schema')!r}, newer than this version reads ({RUN_SCHEMA})."
+            )
+        return settings
+
+    def write_settings(self, settings):
+        from keras_alexnet import __version__
+
+        write_json_atomically(self.path / SETTINGS, {
+            "format": RUN_FORMAT, "schema": RUN_SCHEMA, "keras_alexnet_version": __version__,
+            **settings,
+        })
+
+    def is_finished(self):
+        return (self.path / SUMMARY).exists()
+
+    def foreign_entries(self):
+        """Names in the folder that a run does not write."""
+        if not self.path.is_dir():
+            return []
+        return sorted(entry.name for entry in os.scandir(self.path)
+                      if not _is_run_entry(entry.name))
+
+    # ------------------------------------------------------------ checks
+
+    def check(self, resume=False, overwrite=False):
+        """Raises `RunFolderError` unless the folder can be used as asked; writes nothing.
+
+        Returns the run's settings when the folder holds a run, else `None`.
+        """
+        if resume and overwrite:
+            raise RunFolderError("Use either --resume or --overwrite, not both.")
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"The output {self.path} exists and is not a folder.")
+        empty = not self.path.exists() or not any(self.path.iterdir())
+        settings = None if empty else self.read_settings()
+        if not empty and settings is None:
+            raise RunFolderError(
+                f"{self.path} is not empty and is not a keras-alexnet run folder (no "
+                f"{SETTINGS} written by keras-alexnet); nothing in it was touched. Choose "
+                "another --output."
+            )
+        if resume and settings is None:
+            raise RunFolderError(f"Nothing to resume: {self.path} holds no run ({SETTINGS}).")
+        if settings is not None and not (resume or overwrite):
+            state = "a finished run" if self.is_finished() else "an unfinished run"
+            raise RunFolderError(
+                f"{self.path} already holds {state}; pass --resume to continue it or "
+                "--overwrite to start again."
+            )
+        if settings is not None and overwrite and self.foreign_entries():
+            raise RunFolderError(
+                f"{self.path} holds a keras-alexnet run and also "
+                f"{self.foreign_entries()}, which a run does not write; --overwrite "
+                "deletes only a run's own files, so nothing was touched. Move those "
+                "elsewhere or choose another --output."
+            )
+        ancestor = next(path for path in [self.path, *self.path.parents] if path.exists())
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise RunFolderError(f"Cannot create or write {self.path}: {ancestor} is not a "
+                                 "writable folder.")
+        return settings
+
+    def create(self, resume=False, overwrite=False):
+        """Checks the folder, clears a previous run with `overwrite`, and makes it."""
+        settings = self.check(resume, overwrite)
+        if settings is not None and overwrite:
+            for entry in RUN_ENTRIES:
+                for name in (entry, entry + ".tmp"):
+                    target = self.path / name
+                    if target.is_dir() and not target.is_symlink():
+                        shutil.rmtree(target)
+                    elif target.exists() or target.is_symlink():
+                        target.unlink()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunFolderError(f"Cannot create {self.path}: {error}") from error
+        return self
+
+    # -------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, model, epoch, state):
+        """Commits the state after `epoch` epochs: weights first, then the record.
+
+        The record also holds the model's random generator states (dropout's),
+        which `save_weights` leaves out, so a seeded run resumes exactly.
+        """
+        backup = self.path / BACKUP
+        backup.mkdir(exist_ok=True)
+        previous = self.read_checkpoint()
+        weights = f"epoch-{epoch:04d}.weights.h5"
+        temporary = backup / f"{weights}.partial.weights.h5"
+        model.save_weights(temporary)
+        os.replace(temporary, backup / weights)
+        random_states = [keras.ops.convert_to_numpy(variable).tolist()
+                         for variable in _random_states(model)]
+        write_json_atomically(backup / CHECKPOINT, {
+            "epoch": epoch, "weights": weights, "random_states": random_states, **state})
+        if previous is not None and previous["weights"] != weights:
+            (backup / previous["weights"]).unlink(missing_ok=True)
+
+    def read_checkpoint(self):
+        """The last committed checkpoint record, or `None` before the first epoch ends."""
+        try:
+            return json.loads((self.path / BACKUP / CHECKPOINT).read_text())
+        except FileNotFoundError:
+            return None
+
+    def restore_checkpoint(self, model):
+        """Loads the committed weights into `model` and rolls the logs back to them.
+
+        Returns the checkpoint record (`epoch`: epochs done), or `None`.
+        """
+        checkpoint = self.read_checkpoint()
+        if checkpoint is None:
+            self.roll_back_logs(0)
+            return None
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(self.path / BACKUP / checkpoint["weights"])
+        for variable, value in zip(_random_states(model), checkpoint["random_states"]):
+            variable.assign(np.asarray(value, keras.ops.convert_to_numpy(variable).dtype))
+        self.roll_back_logs(checkpoint["epoch"])
+        return checkpoint
+
+    def roll_back_logs(self, epochs):
+        """Drops `log.csv` rows and TensorBoard epoch events of epochs >= `epochs`."""
+        log = self.path / LOG
+        if log.exists():
+            with open(log, newline="") as handle:
+                rows = list(csv.reader(handle))
+            kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) < epochs]
+            if len(kept) != len(rows):
+                temporary = log.with_name(log.name + ".tmp")
+                with open(temporary, "w", newline="") as handle:
+                    csv.writer(handle).writerows(kept)
+                os.replace(temporary, log)
+        tensorboard = self.path / TENSORBOARD
+        if tensorboard.is_dir():
+            for events in tensorboard.rglob("events.out.tfevents.*"):
+                _drop_events_from_step(events, epochs)
+
+
+def _random_states(model):
+    """The state variables of the model's random generators (dropout), in a fixed order."""
+    return [variable for variable in model.variables
+            if variable.path.endswith("seed_generator_state")]
+
+
+def _drop_events_from_step(path, first_dropped_step):
+    """Rewrites a TensorBoard event file without its events at `step >= first_dropped_step`.
+
+    Keras' TensorBoard callback writes epoch summaries at `step=epoch`; the
+    file version record (step 0) and earlier epochs are kept.
+    """
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    # A killed writer can leave a truncated last record: keep what reads.
+    dataset = tf.data.TFRecordDataset(str(path)).ignore_errors()
+    records = [bytes(record.numpy()) for record in dataset]
+    kept = [record for record in records
+            if event_pb2.Event.FromString(record).step < first_dropped_step
+            or not event_pb2.Event.FromString(record).HasField("summary")]
+    if len(kept) == len(records):
+        return
+    temporary = path.with_name(path.name + ".tmp")
+    with tf.io.TFRecordWriter(str(temporary)) as writer:
+        for record in kept:
+            writer.write(record)
+    os.replace(temporary, path)
