@@ -123,16 +123,16 @@ def main(argv=None):
 
     import keras
 
-    from keras_alexnet import data, training
+    from keras_alexnet import data, distribute, training
 
     print(f"Keras backend: {keras.backend.backend()}")
     try:
         recipe = make_recipe(args, training)
         # Check the output folder before anything is written (the demo dataset too).
         training.prepare_run_folder(args.output, args.resume, args.overwrite, create=False)
-        training.check_distribution(args.distribute)
+        distribute.check_distribution(args.distribute)
         if args.cpu_devices and keras.backend.backend() == "tensorflow":
-            training.split_cpu_for_tensorflow(args.cpu_devices)
+            distribute.split_cpu_for_tensorflow(args.cpu_devices)
         source = data.from_arguments(args.data, args.dataset, args.data_dir, args.manual_dir,
                                      args.validation_fraction)
         summary = training.train(

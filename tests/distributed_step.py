@@ -15,14 +15,14 @@ import numpy as np
 def main(distribute, devices, out_file):
     import keras
 
-    from keras_alexnet import training
+    from keras_alexnet import distribute as distribution, training
 
     if keras.backend.backend() == "tensorflow" and devices > 1:
-        training.split_cpu_for_tensorflow(devices)
+        distribution.split_cpu_for_tensorflow(devices)
     recipe = training.Recipe(image_size=67, resize_size=67, batch_size=8, dropout=0.0,
                              initialization="he", seed=0)
-    scope, replicas = training.distribution_scope(distribute if devices > 1 else "none",
-                                                  recipe.batch_size)
+    scope, replicas = distribution.distribution_scope(distribute if devices > 1 else "none",
+                                                      recipe.batch_size)
     assert replicas == devices, (replicas, devices)
     keras.utils.set_random_seed(0)
     with scope:
