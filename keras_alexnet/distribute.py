@@ -11,10 +11,28 @@
   layout, with the remaining devices data-parallel).
 - `collectives`: the cross-device communication in one compiled training
   step, per layer, so the layout can be compared with the paper (§3.2).
+- `resolve_processes` and `initialize_processes`: one run over several
+  processes or machines (JAX), before any JAX computation.
+
+Reading the data over several processes: each process gets the same
+`tf.data` pipeline of *global* batches and Keras' own auto-sharding
+(`Distribution.distribute_dataset`, on by default, applied by `fit`) cuts
+every global batch into one slice per process (`rebatch` then `shard`). So
+every global batch is exactly the batch one process would train on, with
+the same shuffle and the same per-example augmentation seeds: a run over N
+processes trains the same weights as one process with N devices, and a
+resumed run continues the same way. Sharding the files with
+`tf.data.Dataset.shard` before decoding would spare each process decoding
+the other processes' images, but the global batches would then depend on
+the process count, and with one seed every process would draw the same
+random crops, flips and lighting for its k-th image. The price of
+auto-sharding is that each process decodes and augments the whole global
+batch; the input pipeline must keep up with the whole run, not one process.
 """
 
 import contextlib
 import dataclasses
+import os
 import re
 
 import keras
@@ -35,6 +53,11 @@ SPLIT_UNITS = ("fc6", "drop6", "fc7", "drop7")
 GATHERED = ("flatten",)
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute",
                "all-to-all")
+ENVIRONMENT = {
+    "num_processes": "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "process_id": "KERAS_DISTRIBUTION_PROCESS_ID",
+    "job_addresses": "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+}
 
 
 def split_cpu_for_tensorflow(devices):
@@ -408,3 +431,149 @@ def _device_groups(attributes, device_count):
         size = int(np.prod([int(axes[axis][1]) for axis in grouped]))
         return devices.transpose(kept + grouped).reshape(-1, size).tolist()
     raise ValueError(f"Unknown device groups in the HLO collective: {attributes[:200]}")
+
+
+# ------------------------------------------------------ many processes
+
+
+@dataclasses.dataclass(frozen=True)
+class Processes:
+    """The processes of one run: how many, which one this is, and where."""
+
+    num_processes: int
+    process_id: int
+    job_addresses: tuple
+
+    @property
+    def coordinator(self):
+        """Process 0's `host:port`, where the others connect."""
+        return self.job_addresses[0]
+
+
+def resolve_processes(num_processes=None, process_id=None, job_addresses=None):
+    """The processes of a run from arguments or Keras' environment variables.
+
+    Each argument left `None` is read from `KERAS_DISTRIBUTION_NUM_PROCESSES`,
+    `KERAS_DISTRIBUTION_PROCESS_ID` or `KERAS_DISTRIBUTION_JOB_ADDRESSES`
+    (comma-separated `host:port`; the first is process 0, the coordinator),
+    the variables `keras.distribution.initialize` reads, so any launcher
+    that sets them works (SLURM, Kubernetes, a shell loop).
+
+    Args:
+        num_processes: processes in the run, >= 1.
+        process_id: this process, 0 to `num_processes - 1`.
+        job_addresses: comma-separated `host:port` of every process, or of
+            the coordinator alone.
+
+    Returns:
+        `Processes`, or None for a single-process run (nothing given, or one
+        process).
+
+    Raises:
+        ValueError: a missing or malformed setting, a process id out of
+            range, an address count different from the process count, or
+            several processes on a backend other than JAX.
+
+    Example:
+
+    >>> resolve_processes(2, 1, "10.0.0.1:1234,10.0.0.2:1234")
+    Processes(num_processes=2, process_id=1, job_addresses=('10.0.0.1:1234', '10.0.0.2:1234'))
+    """
+    given = {"num_processes": num_processes, "process_id": process_id,
+             "job_addresses": job_addresses}
+    for name, variable in ENVIRONMENT.items():
+        if given[name] is None and os.environ.get(variable):
+            given[name] = os.environ[variable]
+    if all(value is None for value in given.values()):
+        return None
+    missing = [name for name, value in given.items() if value is None]
+    if missing:
+        raise ValueError(
+            "A run over several processes needs --num-processes, --process-id and "
+            f"--job-addresses (or {', '.join(ENVIRONMENT.values())}). Missing: "
+            f"{', '.join(missing)}"
+        )
+    count = _integer("num_processes", given["num_processes"])
+    index = _integer("process_id", given["process_id"])
+    if count < 1:
+        raise ValueError(f"`num_processes` must be >= 1. Received: num_processes={count}")
+    if not 0 <= index < count:
+        raise ValueError(
+            f"`process_id` must be in [0, {count - 1}] for {count} processes. "
+            f"Received: process_id={index}"
+        )
+    addresses = tuple(address.strip() for address in str(given["job_addresses"]).split(","))
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(
+                "Each job address must be host:port. Received: "
+                f"job_addresses={given['job_addresses']!r}"
+            )
+    if len(addresses) not in (1, count):
+        raise ValueError(
+            f"{len(addresses)} job addresses for {count} processes: give one per process "
+            "(the first is process 0, the coordinator) or the coordinator's alone. "
+            f"Received: job_addresses={given['job_addresses']!r}"
+        )
+    if count == 1:
+        return None
+    if keras.backend.backend() != "jax":
+        raise ValueError(
+            "Training over several processes uses keras.distribution, which Keras 3.15 "
+            f"implements for JAX only: use --backend jax. Received: backend="
+            f"{keras.backend.backend()!r}"
+        )
+    return Processes(count, index, addresses)
+
+
+def _integer(name, value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be an integer. Received: {name}={value!r}") from None
+
+
+def initialize_processes(processes, timeout=300, heartbeat_timeout=100):
+    """Joins this process to the run of `processes` (call before any JAX work).
+
+    Does what `keras.distribution.initialize` does (the first job address is
+    the coordinator; every process gets the same random seed), but calls
+    `jax.distributed.initialize` itself to pass the timeouts Keras does not
+    pass: this process waits at most `timeout` seconds for the others to
+    join, and when a process stops sending heartbeats for
+    `heartbeat_timeout` seconds (killed, crashed, its machine gone) JAX
+    stops the others with "heartbeat timeout ... The tasks have crashed"
+    instead of letting them wait in a collective forever. (JAX ends the
+    process from C++, so this is not a Python exception.) The defaults are
+    JAX's own.
+
+    Args:
+        processes: a `Processes` from `resolve_processes`.
+        timeout: seconds to wait for every process to join.
+        heartbeat_timeout: seconds of silence after which a process counts
+            as dead.
+
+    Example:
+
+    >>> processes = resolve_processes()   # from KERAS_DISTRIBUTION_* variables
+    >>> if processes is not None:
+    ...     initialize_processes(processes)
+    """
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    jax.distributed.initialize(
+        coordinator_address=processes.coordinator,
+        num_processes=processes.num_processes,
+        process_id=processes.process_id,
+        initialization_timeout=timeout,
+        heartbeat_timeout_seconds=heartbeat_timeout,
+    )
+    # Every process initialises the variables and runs the same tf.data
+    # pipeline (auto-sharding slices identical global batches), so all must
+    # draw the same random numbers: process 0 picks the seed, as Keras'
+    # `initialize` agrees one. A seed set later (`Recipe.seed`) replaces it.
+    seed = np.random.default_rng().integers(2**31 - 1)
+    keras.utils.set_random_seed(int(multihost_utils.broadcast_one_to_all(seed)))

@@ -7,8 +7,10 @@
         --collectives OUT.json
 
 The same global batch and initial weights for every device count (dropout off),
-so the updated weights must agree. `--collectives` also writes the
-collectives of the compiled step, per layer.
+so the updated weights must agree. With `KERAS_DISTRIBUTION_NUM_PROCESSES`,
+`_PROCESS_ID` and `_JOB_ADDRESSES` set, the process joins a run over several
+processes first, and DEVICES counts the devices of all of them.
+`--collectives` also writes the collectives of the compiled step, per layer.
 """
 
 import argparse
@@ -34,6 +36,10 @@ def main(argv=None):
 
     from keras_alexnet import distribute, training
 
+    processes = distribute.resolve_processes()
+    if processes is not None:
+        # Short timeouts: a test whose peer died fails in seconds.
+        distribute.initialize_processes(processes, timeout=60, heartbeat_timeout=10)
     if keras.backend.backend() == "tensorflow" and args.devices > 1:
         distribute.split_cpu_for_tensorflow(args.devices)
     recipe = training.Recipe(image_size=67, resize_size=67, batch_size=BATCH, dropout=0.0,
@@ -58,7 +64,8 @@ def main(argv=None):
             json.dump([dataclasses.asdict(collective) for collective in found], handle)
     import tensorflow as tf
 
-    # A tf.data pipeline of global batches, as train.py feeds `fit`.
+    # A tf.data pipeline of global batches, as train.py feeds `fit`: over
+    # several processes Keras gives each its slice of every batch.
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH)
     model.fit(dataset, epochs=1, shuffle=False, verbose=0)
     after = _values(model.trainable_weights)
@@ -66,8 +73,16 @@ def main(argv=None):
 
 
 def _values(variables):
+    """NumPy copies of `variables`, gathered from every process."""
     import keras
 
+    if keras.backend.backend() == "jax":
+        import jax
+        from jax.experimental import multihost_utils
+
+        if jax.process_count() > 1:
+            return [np.asarray(multihost_utils.process_allgather(v.value, tiled=True))
+                    for v in variables]
     return [keras.ops.convert_to_numpy(v) for v in variables]
 
 

@@ -1,4 +1,4 @@
-"""Distribution: one step on many devices equals one step on one device,
+"""Distribution: one step on many devices or processes equals one step on one device,
 the model-parallel layout's communication, and the errors.
 
 Fake CPU devices need XLA_FLAGS before JAX starts, so every run with more
@@ -7,8 +7,10 @@ than one device is a subprocess (`tests/distributed_step.py`).
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -192,3 +194,94 @@ def test_layout_map_splits_every_alexnet_weight_on_its_outputs():
     assert layout_map["flatten/output"].axes == ("batch", None)  # fc6 sees all of pool5
     for path in ("fc8/output", "images/output", "sgd/conv2_kernel_momentum"):
         assert layout_map[path] is None, path
+
+
+# ------------------------------------------------------------ processes
+
+
+def test_resolve_processes_from_arguments_and_environment(monkeypatch):
+    for variable in distribute.ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
+    assert distribute.resolve_processes() is None
+    assert distribute.resolve_processes(1, 0, "localhost:1234") is None
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "1")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "10.0.0.1:1234,10.0.0.2:1234")
+    if BACKEND != "jax":
+        with pytest.raises(ValueError, match="JAX only"):
+            distribute.resolve_processes()
+        return
+    processes = distribute.resolve_processes()
+    assert (processes.num_processes, processes.process_id, processes.coordinator) == (
+        2, 1, "10.0.0.1:1234")
+    # Arguments win over the environment.
+    assert distribute.resolve_processes(process_id=0).process_id == 0
+
+
+@pytest.mark.parametrize("arguments,message", [
+    ((2, 2, "a:1,b:1"), r"in \[0, 1\]"),
+    ((2, -1, "a:1,b:1"), r"in \[0, 1\]"),
+    ((3, 0, "a:1,b:1"), "2 job addresses for 3 processes"),
+    ((2, 0, "a:1,b"), "host:port"),
+    ((2, 0, None), "Missing: job_addresses"),
+    (("two", 0, "a:1"), "must be an integer"),
+    ((0, 0, "a:1"), ">= 1"),
+])
+def test_resolve_processes_errors(arguments, message, monkeypatch):
+    for variable in distribute.ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(ValueError, match=message):
+        distribute.resolve_processes(*arguments)
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def _process_environment(process_id, port):
+    return _environment(1, KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                        KERAS_DISTRIBUTION_PROCESS_ID=str(process_id),
+                        KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{port}")
+
+
+@jax_only
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_with_two_devices(step, tmp_path):
+    """Two processes of one CPU device each, talking through gloo on localhost."""
+    port = _free_port()
+    processes = [
+        subprocess.Popen(_step_command("data-parallel", 2, tmp_path / f"{index}.npz"),
+                         cwd=ROOT, env=_process_environment(index, port),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for index in range(2)
+    ]
+    for process in processes:
+        _, errors = process.communicate(timeout=600)
+        assert process.returncode == 0, errors[-3000:]
+    two_devices = step("data-parallel", 2)
+    for index in range(2):
+        _assert_same_step(two_devices, _load_step(tmp_path / f"{index}.npz"))
+
+
+@jax_only
+def test_a_dead_process_stops_the_others(tmp_path):
+    """Process 1 joins and dies: process 0 must stop with an error, not wait forever."""
+    port = _free_port()
+    survivor = subprocess.Popen(
+        _step_command("data-parallel", 2, tmp_path / "0.npz"), cwd=ROOT,
+        env=_process_environment(0, port), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    joins_and_dies = ("from keras_alexnet import distribute; import os; "
+                      "distribute.initialize_processes(distribute.resolve_processes(), "
+                      "timeout=60); os._exit(1)")
+    subprocess.run([sys.executable, "-c", joins_and_dies], cwd=ROOT,
+                   env=_process_environment(1, port), capture_output=True, timeout=120)
+    started = time.monotonic()
+    _, errors = survivor.communicate(timeout=300)
+    assert survivor.returncode != 0
+    assert "heartbeat" in errors or "tasks have crashed" in errors, errors[-3000:]
+    # tests/distributed_step.py gives heartbeats 10 s.
+    assert time.monotonic() - started < 120
+    assert not (tmp_path / "0.npz").exists()
