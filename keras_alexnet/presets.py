@@ -246,7 +246,7 @@ class TrainPreset:
         return _with_options(dataset, deterministic)
 
     def epochs(self, source, batch_size, seed=None, first_epoch=0, cache=False,
-               shuffle_buffer=None, skipped_log=None):
+               shuffle_buffer=None, skipped_log=None, data_service=None, job_name=None):
         """An endless dataset of training batches from a `Source`, epoch after epoch.
 
         Epoch `e` is drawn from `(seed, e)` alone: its file order (shuffled
@@ -262,6 +262,14 @@ class TrainPreset:
         prepared folder) is read as JPEG bytes and each image decoded only in
         its crop window (`random_crop_encoded`), unless `cache` is set.
 
+        With `data_service`, the tf.data service's workers read, decode and
+        augment each epoch and send batches (see
+        `keras_alexnet.data_service.distribute_epochs`): the epoch's order
+        and each example's crop, flip and lighting (seeded by the example's
+        key) still come from `(seed, e)`, but which worker makes which batch
+        does not, so the batches are not the same from run to run.
+        Undecodable files are then named on the workers' standard error.
+
         Args:
             source: a `keras_alexnet.data.Source` with a `"train"` split.
             batch_size: global batch size.
@@ -269,11 +277,16 @@ class TrainPreset:
             first_epoch: the epoch to start from.
             cache: decode the training split once, in listing order, and keep
                 its squares in memory (`count * square_bytes(resize_size)`
-                bytes); each epoch then shuffles all of them.
+                bytes); each epoch then shuffles all of them. Not with
+                `data_service`.
             shuffle_buffer: images in the shuffle buffer when not cached; by
                 default as many as fit in `SHUFFLE_BUFFER_BYTES`.
             skipped_log: where a folder source names files it cannot decode
                 (see `Source.examples`).
+            data_service: the tf.data service dispatcher, e.g.
+                `"grpc://host:5050"`, to make the batches on its workers.
+            job_name: with `data_service`: training processes that give the
+                same name share each epoch, each reading its own part.
         """
         check_positive_int("batch_size", batch_size)
         shuffle_buffer = self._shuffle_buffer(shuffle_buffer)
@@ -283,6 +296,30 @@ class TrainPreset:
 
         def epoch_seed(epoch):
             return tf.constant(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+
+        if data_service is not None:
+            from keras_alexnet.data_service import distribute_epochs
+
+            if cache:
+                raise ValueError("cache=True cannot apply with a data_service: the workers "
+                                 "read every epoch anew.")
+
+            def service_epoch(epoch):  # runs on the service's workers
+                examples = source.units("train", seed, epoch)
+                if examples.element_spec[0].dtype != tf.string:
+                    examples = examples.map(
+                        lambda image, label, key: (self.square(image), label, key),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+                examples = examples.shuffle(shuffle_buffer, seed=epoch_seed(epoch))
+                window = self._window_function(examples)
+                windows = examples.map(
+                    lambda image, label, key: (
+                        *window(image, tf.stack([epoch_seed(epoch), key])), label),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+                return self._finish_batches(windows, batch_size, False, seed)
+
+            return distribute_epochs(service_epoch, data_service, batch_size, count,
+                                     first_epoch=first_epoch, job_name=job_name)
 
         if cache:
             if count is None:
