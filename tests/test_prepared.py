@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from keras_alexnet import AlexNet, data
 from keras_alexnet.data.prepared import METADATA, PROGRESS
@@ -106,6 +107,45 @@ def test_jpeg_preparation_matches_the_lossless_one(folder, tmp_path):
         for (exact, _), (lossy, _) in pairs:  # the same squares, JPEG-encoded at quality 95
             np.testing.assert_array_equal(
                 lossy, tf.io.decode_jpeg(tf.io.encode_jpeg(exact, quality=95)))
+
+
+class NumberedSquares(tfds.core.GeneratorBasedBuilder):
+    """A TFDS dataset built offline: 24 images whose red value is 5 x their number."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.ClassLabel(names=["even", "odd"])}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for number in range(24):
+            yield number, {"image": np.full((20, 30, 3), (5 * number, 0, 0), np.uint8),
+                           "label": number % 2}
+
+
+def _numbers(examples):
+    return sorted((int(round(image[..., 0].mean() / 5)), label) for image, label in examples)
+
+
+def test_a_tfds_dataset_is_prepared_range_by_range(tmp_path, monkeypatch):
+    # Nothing to download: the check that this machine could is moot.
+    monkeypatch.setattr(data.tfds, "_check_online", lambda name, data_dir: None)
+    source = data.tfds_dataset("numbered_squares", data_dir=str(tmp_path / "tfds"),
+                               validation_fraction=0.25)  # train[:75%] and train[75%:]
+    assert source.counts == {"train": 18, "validation": 6}
+    data.prepare(source, tmp_path / "prepared", size=16, format="png", images_per_shard=5,
+                 log=lambda line: None)
+    prepared = data.prepared(tmp_path / "prepared")
+    for split in ("train", "validation"):  # what TFDS itself reads for the split
+        assert (_numbers(_collect(prepared.examples(split)))
+                == _numbers(_collect(source.examples(split))))
+    everything = _numbers(_collect(prepared.train) + _collect(prepared.validation))
+    assert everything == [(number, number % 2) for number in range(24)]
 
 
 def test_a_folder_of_another_source_or_size_is_refused_and_left_alone(folder, tmp_path):

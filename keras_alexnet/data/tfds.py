@@ -131,10 +131,13 @@ def _absolute_range(split, split_infos, start, stop):
 
     pieces, offset = [], 0
     for part in tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos):
-        length = part.to - part.from_
+        # TFDS leaves out a bound at the split's start or end (None).
+        first = part.from_ or 0
+        length = (split_infos[part.splitname].num_examples if part.to is None
+                  else part.to) - first
         low, high = max(start - offset, 0), min(stop - offset, length)
         if low < high:
-            pieces.append(f"{part.splitname}[{part.from_ + low}:{part.from_ + high}]")
+            pieces.append(f"{part.splitname}[{first + low}:{first + high}]")
         offset += length
     return "+".join(pieces)
 
