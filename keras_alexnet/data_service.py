@@ -300,17 +300,16 @@ def main(argv=None):
     try:
         if args.server == "dispatcher":
             server = start_dispatcher(args.port, args.worker_timeout, args.work_dir)
-            print(f"tf.data service dispatcher listening on grpc://{socket.gethostname()}:"
-                  f"{args.port}; train with --data-service grpc://{socket.gethostname()}:"
-                  f"{args.port}. Ctrl-C stops it.", flush=True)
+            where = (f"dispatcher listening on grpc://{socket.gethostname()}:{args.port}; "
+                     f"train with --data-service grpc://{socket.gethostname()}:{args.port}")
         else:
             server = start_worker(args.dispatcher, args.port, args.host)
-            print(f"tf.data service worker listening on {args.host or socket.gethostname()}:"
-                  f"{args.port}, working for the dispatcher at {args.dispatcher}. Ctrl-C stops "
-                  "it.", flush=True)
+            where = (f"worker listening on {args.host or socket.gethostname()}:{args.port}, "
+                     f"working for the dispatcher at {args.dispatcher}")
     except ValueError as error:
         parser.error(str(error))
-    try:
+    try:  # announced inside: a Ctrl-C right after the announcement still stops cleanly
+        print(f"tf.data service {where}. Ctrl-C stops it.", flush=True)
         while True:  # not server.join(): a blocked join never sees Ctrl-C
             time.sleep(3600)
     except KeyboardInterrupt:
