@@ -28,8 +28,8 @@ fast worker takes more. The trade-off against the other sharding policies:
 
 A lost worker: TensorFlow's client waits for it to come back at its address
 (the dispatcher keeps its tasks). Restarted there (same `--host` and
-`--port`), it continues the epoch: what it held when it was lost is not read
-again, and the trainer says the epoch came short. If no batch comes for
+`--port`), it continues the epoch: what it held when it was lost, if anything,
+is not read again, and the trainer then says the epoch came short. If no batch comes for
 `timeout` seconds, `StalledServiceWatchdog` ends the training process with a
 message (a blocked read cannot be interrupted); its last checkpoint is kept,
 and `train.py --resume` continues once the workers are back.
@@ -95,8 +95,7 @@ def check_dispatcher(address, timeout=10):
         ) from None
 
 
-def distribute_epochs(epoch_batches, service, batch_size, examples_per_epoch, first_epoch=0,
-                      job_name=None):
+def distribute_epochs(epoch_batches, service, batch_size, examples_per_epoch, first_epoch=0):
     """Endless training batches, each epoch made by the tf.data service's workers.
 
     `epoch_batches(epoch)` builds one epoch's batches (on the trainer, as a
@@ -122,8 +121,6 @@ def distribute_epochs(epoch_batches, service, batch_size, examples_per_epoch, fi
         batch_size: the global batch size.
         examples_per_epoch: the examples an epoch should deliver.
         first_epoch: the epoch to start from.
-        job_name: training processes that give the same name share each
-            epoch's job, each reading its own part of it.
 
     Returns:
         An endless `tf.data.Dataset` of batches.
@@ -138,7 +135,7 @@ def distribute_epochs(epoch_batches, service, batch_size, examples_per_epoch, fi
 
     def one_epoch(epoch):
         batches = epoch_batches(epoch).apply(tf.data.experimental.service.distribute(
-            "distributed_epoch", service, job_name=job_name))
+            "distributed_epoch", service))
         return _report_short_epoch(batches, epoch, examples_per_epoch).rebatch(
             batch_size, drop_remainder=True)
 

@@ -246,7 +246,7 @@ class TrainPreset:
         return _with_options(dataset, deterministic)
 
     def epochs(self, source, batch_size, seed=None, first_epoch=0, cache=False,
-               shuffle_buffer=None, skipped_log=None, data_service=None, job_name=None):
+               shuffle_buffer=None, skipped_log=None, data_service=None):
         """An endless dataset of training batches from a `Source`, epoch after epoch.
 
         Epoch `e` is drawn from `(seed, e)` alone: its file order (shuffled
@@ -285,8 +285,6 @@ class TrainPreset:
                 (see `Source.examples`).
             data_service: the tf.data service dispatcher, e.g.
                 `"grpc://host:5050"`, to make the batches on its workers.
-            job_name: with `data_service`: training processes that give the
-                same name share each epoch, each reading its own part.
         """
         check_positive_int("batch_size", batch_size)
         shuffle_buffer = self._shuffle_buffer(shuffle_buffer)
@@ -319,7 +317,7 @@ class TrainPreset:
                 return self._finish_batches(windows, batch_size, False, seed)
 
             return distribute_epochs(service_epoch, data_service, batch_size, count,
-                                     first_epoch=first_epoch, job_name=job_name)
+                                     first_epoch=first_epoch)
 
         if cache:
             if count is None:
