@@ -7,6 +7,9 @@
     python train.py --backend jax --distribute data-parallel --cpu-devices 2
     python train.py --output runs/demo-20261123-101500 --resume     # continue a killed run
     python train.py --export exports/alexnet/1        # SavedModel at the end
+    python train.py --data ~/images --prepare ~/images-256   # the paper's 256x256, once
+    python train.py --data ~/images-256               # train from the prepared folder
+    python train.py --data ~/images-256 --data-service grpc://host:5050  # remote pipeline
 
 Without a data argument it trains on the embedded default dataset (10 classes
 of generated shape images, written as JPEG files on first use) with demo
@@ -16,8 +19,13 @@ default is the paper's recipe (see `keras_alexnet.training.Recipe`). Each run
 gets its own folder, runs/<data>-<date>-<time> unless --output names one.
 --resume reads the run's settings from its run.json: `--output DIR --resume`
 alone continues it; arguments given again must agree, except more --epochs.
-Exit codes: 0 done, 2 bad arguments, data or output folder (nothing
-written), 3 the loss became NaN.
+--prepare DIR writes the --data or --dataset source (or the embedded one) once
+as squares of --resize-size (256) in DIR, and exits; --data DIR then trains
+from it. Exit codes: 0 done, 2 bad arguments, data or output folder (nothing
+written), 3 the loss became NaN, 4 --prepare failed while writing (a full
+disk, say; what was complete is kept and the same command continues it), 5 no
+batch came from the --data-service for --service-timeout seconds (a lost worker;
+the last checkpoint is kept for --resume).
 """
 
 import argparse
@@ -40,7 +48,10 @@ PAPER_RESIZE_RATIO = 256 / 227
 DATA_ARGUMENTS = ("data", "dataset", "data_dir", "manual_dir", "validation_fraction")
 # Arguments that only say how or where this session runs: a resumed run may change them.
 SESSION_ARGUMENTS = ("backend", "output", "resume", "overwrite", "export", "distribute",
-                     "cpu_devices", "quiet", "data_dir", "manual_dir")
+                     "cpu_devices", "quiet", "data_dir", "manual_dir", "data_service",
+                     "service_timeout")
+# The size --prepare writes without --resize-size: the paper's.
+PREPARE_SIZE = 256
 # Recipe fields set by command-line options of another name.
 RECIPE_OPTIONS = {"lr": "learning_rate", "init": "initialization"}
 
@@ -57,6 +68,15 @@ def parse_arguments(argv=None):
     data.add_argument("--manual-dir", help="TFDS manual download folder (ImageNet tars).")
     data.add_argument("--validation-fraction", type=float,
                       help="held out per class when there is no validation split (0.1).")
+    data.add_argument("--prepare", metavar="DIR",
+                      help="write the data once as --resize-size squares (256) in sharded "
+                           "TFRecords in DIR, and exit; train with --data DIR.")
+    data.add_argument("--data-service", metavar="grpc://HOST:PORT",
+                      help="make the training batches on a tf.data service (python -m "
+                           "keras_alexnet.data_service).")
+    data.add_argument("--service-timeout", type=float, metavar="SECONDS",
+                      help="with --data-service: stop (exit code 5) after this long without "
+                           "a training batch, e.g. a worker lost for good (600).")
     recipe = parser.add_argument_group("model and recipe (defaults: the paper)")
     recipe.add_argument("--variant", choices=("original", "one_weird_trick"))
     recipe.add_argument("--image-size", type=int, help="crop size (227; demo 67).")
@@ -174,14 +194,35 @@ def default_output(args):
     return output
 
 
+def prepare(args, data):
+    """--prepare DIR: writes the source once, prints what it did; the exit code."""
+    try:
+        source = data.from_arguments(args.data, args.dataset, args.data_dir, args.manual_dir,
+                                     0.1 if args.validation_fraction is None
+                                     else args.validation_fraction)
+        data.prepare(source, args.prepare, size=args.resize_size or PREPARE_SIZE)
+    except (ValueError, FileNotFoundError, data.OfflineError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
+    print(f"Train from it with: python train.py --data {os.path.abspath(args.prepare)}")
+    return 0
+
+
 def main(argv=None):
     parser, args = parse_arguments(argv)
     if args.cpu_devices is not None and args.cpu_devices < 1:
         parser.error(f"--cpu-devices must be >= 1. Received: {args.cpu_devices}")
+    if args.service_timeout is not None and not args.service_timeout > 0:
+        parser.error(f"--service-timeout must be > 0. Received: {args.service_timeout}")
     if args.resume and not args.output:
         parser.error("--resume needs --output: the run folder to continue.")
     if args.data:
         args.data = os.path.abspath(os.path.expanduser(args.data))
+    if args.prepare:
+        args.prepare = os.path.abspath(os.path.expanduser(args.prepare))
     configure_environment(args)
 
     import keras
@@ -189,6 +230,8 @@ def main(argv=None):
     from keras_alexnet import data, distribute, training
     from keras_alexnet.run_folder import RunFolder, RunFolderError
 
+    if args.prepare:
+        return prepare(args, data)
     print(f"Keras backend: {keras.backend.backend()}")
     output = args.output or default_output(args)
     try:
@@ -209,9 +252,11 @@ def main(argv=None):
             distribute=distribution, export=args.export,
             verbose=0 if args.quiet else "auto",
             arguments={key: getattr(args, key) for key in DATA_ARGUMENTS},
+            data_service=args.data_service,
+            data_service_timeout=args.service_timeout or training.STALL_TIMEOUT_SECONDS,
         )
     except (ValueError, FileNotFoundError, FileExistsError, RunFolderError,
-            data.OfflineError) as error:
+            data.OfflineError, ConnectionError) as error:
         # Bad arguments, data or output folder: say which; nothing was written.
         print(f"error: {error}", file=sys.stderr)
         return 2

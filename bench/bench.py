@@ -14,6 +14,12 @@ Sections:
                      "ops" vs "native", training step; TensorFlow with its
                      oneDNN kernels off too
     pipeline         the tf.data training pipeline, decode + augment
+    listing          starting image_folder on a 100,000-file folder against a
+                     plain os.scandir walk of it
+    prepared         prepare() on ImageNet-like JPEGs (500x375, about 110 KB),
+                     then the training pipeline on the raw files against the
+                     prepared folder: images per CPU-second, and the cores that
+                     would feed the H100 training speed
     memory           peak resident memory of a batch-128 float32 training process
 
 Every Keras measurement runs in a fresh process (the backend is fixed when
@@ -29,9 +35,11 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +52,18 @@ FORWARD_MACS = 724_406_816
 # A training step costs about three forward passes (forward, two backward).
 TRAIN_FLOPS_PER_IMAGE = 3 * 2 * FORWARD_MACS
 INFER_FLOPS_PER_IMAGE = 2 * FORWARD_MACS
+# The JAX backend's float32 training speed on one H100 (BENCHMARKS.md): what
+# an input pipeline must feed.
+H100_TRAIN_IMAGES_PER_SECOND = 10_640
+# The listing section's folder: classes x files, hard links to one tiny JPEG
+# per class (a file system allows about 65,000 links to one file).
+LISTING_CLASSES, LISTING_FILES_PER_CLASS = 100, 1000
+# The prepared section's ImageNet-like images: size, JPEG quality, and the
+# exponent of their 1/f^a spectrum, chosen so that a file is about 110 KB.
+PHOTO_SHAPE, PHOTO_QUALITY, PHOTO_SPECTRUM_EXPONENT = (375, 500), 90, 1.05
+PHOTO_CLASSES, PHOTO_IMAGES_PER_CLASS = 4, 128
+# Epochs of them each pipeline is timed over, after one epoch of warm-up.
+FEED_EPOCHS = 3
 
 
 def _timed(step, steps, warmup, budget_seconds=60.0):
@@ -177,11 +197,146 @@ def worker_pipeline(args):
     return {"images_per_second": args.batch_size / seconds}
 
 
+def _scandir_walk(root):
+    """Files below `root`: the plain os.scandir walk the listing is compared with."""
+    count, pending = 0, [root]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    pending.append(entry.path)
+                else:
+                    count += 1
+    return count
+
+
+def _seconds(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def worker_listing(args):
+    import numpy as np
+    from PIL import Image
+
+    from keras_alexnet import data
+
+    Path(args.scratch).mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="listing-", dir=args.scratch))
+    try:
+        for label in range(LISTING_CLASSES):
+            folder = root / f"class{label:03d}"
+            folder.mkdir()
+            original = root / f"class{label:03d}.jpg"
+            Image.fromarray(np.full((8, 8, 3), label, np.uint8)).save(original)
+            for index in range(LISTING_FILES_PER_CLASS):
+                os.link(original, folder / f"{index:05d}.jpg")
+            original.unlink()
+        files = _scandir_walk(root)
+        data.image_folder(root)  # both timings start from the same warm caches
+        walks, starts = [], []
+        for _ in range(args.steps):
+            walks.append(_seconds(lambda: _scandir_walk(root)))
+            starts.append(_seconds(lambda: data.image_folder(root)))
+    finally:
+        shutil.rmtree(root)
+    return {"files": files, "scandir_seconds": statistics.median(walks),
+            "image_folder_seconds": statistics.median(starts)}
+
+
+def _photo_like(rng):
+    """An RGB image with a photograph's 1/f spectrum (so its JPEG has a photo's size)."""
+    import numpy as np
+
+    height, width = PHOTO_SHAPE
+    frequency = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
+    frequency[0, 0] = 1
+    fields = np.stack([np.fft.irfft2((rng.normal(size=frequency.shape)
+                                      + 1j * rng.normal(size=frequency.shape))
+                                     / frequency**PHOTO_SPECTRUM_EXPONENT, s=(height, width))
+                       for _ in range(3)], -1)
+    fields = fields @ (np.eye(3) + 0.3 * rng.normal(size=(3, 3)))
+    fields = (fields - fields.mean()) / fields.std()
+    return np.clip(128 + 50 * fields + rng.uniform(-40, 40, 3), 0, 255).astype(np.uint8)
+
+
+def _photo_folders(scratch):
+    """The ImageNet-like raw folder (written once) and where its preparation goes."""
+    import numpy as np
+    import tensorflow as tf
+
+    raw, prepared = Path(scratch) / "photos", Path(scratch) / "photos-256"
+    marker = raw / ".complete"
+    if not marker.exists():
+        rng = np.random.default_rng(0)
+        for label in range(PHOTO_CLASSES):
+            (raw / f"class{label}").mkdir(parents=True, exist_ok=True)
+            for index in range(PHOTO_IMAGES_PER_CLASS):
+                encoded = tf.io.encode_jpeg(_photo_like(rng), quality=PHOTO_QUALITY)
+                tf.io.write_file(str(raw / f"class{label}" / f"{index:04d}.jpg"), encoded)
+        marker.write_text("")
+    return raw, prepared
+
+
+def worker_prepare(args):
+    from keras_alexnet import data
+
+    raw, prepared = _photo_folders(args.scratch)
+    shutil.rmtree(prepared, ignore_errors=True)
+    files = list(raw.rglob("*.jpg"))
+    source = data.image_folder(raw, validation_fraction=0.0)
+    seconds = _seconds(lambda: data.prepare(source, prepared, size=256, log=lambda line: None))
+    written = sum(path.stat().st_size for path in prepared.glob("*.tfrecord"))
+    return {"images": len(files), "images_per_second": len(files) / seconds,
+            "raw_kb": sum(path.stat().st_size for path in files) / len(files) / 1000,
+            "prepared_kb": written / len(files) / 1000}
+
+
+def worker_feed(args):
+    import resource
+
+    import tensorflow as tf
+
+    from keras_alexnet import data, presets
+
+    raw, prepared = _photo_folders(args.scratch)
+    source = (data.image_folder(raw, validation_fraction=0.0) if args.feed == "raw"
+              else data.prepared(prepared))
+    dataset = presets.TrainPreset().epochs(source, args.batch_size, seed=0)
+    if args.threads:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = args.threads
+        options.threading.max_intra_op_parallelism = 1
+        dataset = dataset.with_options(options)
+    # Whole epochs: the shuffle buffer holds more images than an epoch of this
+    # folder, so a part of an epoch could come out of the buffer undecoded.
+    steps_per_epoch = source.counts["train"] // args.batch_size
+    iterator = iter(dataset)
+    for _ in range(steps_per_epoch):
+        next(iterator)
+
+    def cpu_seconds():
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    steps = FEED_EPOCHS * steps_per_epoch
+    cpu, wall = cpu_seconds(), time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    images = steps * args.batch_size
+    return {"images_per_second": images / (time.perf_counter() - wall),
+            "images_per_cpu_second": images / (cpu_seconds() - cpu)}
+
+
 WORKERS = {
     "peak": worker_peak,
     "reference": worker_reference,
     "keras": worker_keras,
     "pipeline": worker_pipeline,
+    "listing": worker_listing,
+    "prepare": worker_prepare,
+    "feed": worker_feed,
 }
 
 
@@ -355,6 +510,61 @@ def section_pipeline(args, report):
     return [line + "."]
 
 
+def section_listing(args, report):
+    result = run_worker("listing", steps=args.steps, scratch=args.scratch)
+    report["listing"] = result
+    ratio = result["image_folder_seconds"] / result["scandir_seconds"]
+    return [
+        f"Starting `image_folder` on a folder of {result['files']:,} files "
+        f"({LISTING_CLASSES} classes, hard links to tiny JPEGs, page cache warm): "
+        f"{result['image_folder_seconds'] * 1000:.0f} ms against "
+        f"{result['scandir_seconds'] * 1000:.0f} ms for a plain `os.scandir` walk of it: "
+        f"{ratio:.1f}x (medians of {args.steps})."
+    ]
+
+
+def section_prepared(args, report):
+    prepared = run_worker("prepare", scratch=args.scratch)
+    runs = {(feed, threads): [] for feed in ("raw", "prepared") for threads in (1, 0)}
+    for _ in range(args.repeats):
+        for feed, threads in runs:
+            runs[feed, threads].append(run_worker("feed", feed=feed, threads=threads,
+                                                  batch_size=args.batch_size,
+                                                  scratch=args.scratch))
+    medians = {key: {name: statistics.median(run[name] for run in values)
+                     for name in ("images_per_second", "images_per_cpu_second")}
+               for key, values in runs.items()}
+    report["prepared"] = {"prepare": prepared, "feed": {
+        f"{feed}/{threads or 'all'}": value for (feed, threads), value in medians.items()}}
+    rows = [
+        f"`prepare` wrote {prepared['images']} ImageNet-like JPEGs ({PHOTO_SHAPE[1]}x"
+        f"{PHOTO_SHAPE[0]}, {prepared['raw_kb']:.0f} KB each) as 256x256 JPEG squares "
+        f"({prepared['prepared_kb']:.0f} KB each) at {prepared['images_per_second']:.0f} "
+        f"images/s on {os.cpu_count()} CPUs.",
+        "",
+        "| training pipeline (TrainPreset.epochs, batch "
+        f"{args.batch_size}) | images per CPU-second (runs) | 1 thread img/s | "
+        f"{os.cpu_count()} threads img/s | cores to feed {H100_TRAIN_IMAGES_PER_SECOND:,} "
+        "img/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for feed, label in (("raw", "raw JPEG files (decode, resize, crop)"),
+                        ("prepared", "prepared folder (decode only the crop window)")):
+        per_cpu = medians[feed, 1]["images_per_cpu_second"]
+        each = ", ".join(f"{run['images_per_cpu_second']:.0f}" for run in runs[feed, 1])
+        rows.append(f"| {label} | {per_cpu:.0f} ({each}) | "
+                    f"{medians[feed, 1]['images_per_second']:.0f} | "
+                    f"{medians[feed, 0]['images_per_second']:.0f} | "
+                    f"{H100_TRAIN_IMAGES_PER_SECOND / per_cpu:.0f} |")
+    ratio = medians["prepared", 1]["images_per_cpu_second"] / medians[
+        "raw", 1]["images_per_cpu_second"]
+    rows += ["", f"Prepared data reads {ratio:.1f}x faster per core (images per CPU-second "
+                 f"of the one-thread runs, medians of {args.repeats}; each run in its own "
+                 f"process, {FEED_EPOCHS} epochs of {prepared['images']} images timed after "
+                 "one of warm-up)."]
+    return rows
+
+
 def section_memory(args, report):
     result = run_worker("keras", "tensorflow", dtype="float32", batch_size=128,
                         steps=2, warmup=1, grouped_conv="auto", lrn="auto", modes=["train"])
@@ -369,9 +579,21 @@ SECTIONS = {
     "keras": section_keras,
     "implementations": section_implementations,
     "pipeline": section_pipeline,
+    "listing": section_listing,
+    "prepared": section_prepared,
     "memory": section_memory,
 }
 BEGIN, END = "<!-- bench.py:begin -->", "<!-- bench.py:end -->"
+
+
+def _cpu_model():
+    """The CPU's model name, as `lscpu` shows it."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return models[0] if models else platform.processor() or platform.machine()
 
 
 def write_report(lines, path):
@@ -397,7 +619,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1,
                         help="keras section: measure each row this many times, each "
-                             "beside a fresh reference run, and report medians.")
+                             "beside a fresh reference run, and report medians; prepared "
+                             "section: run each pipeline this many times.")
     parser.add_argument("--scratch", default="/tmp/keras_alexnet_bench")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"),
                         help="Markdown file whose generated block is replaced; '-' prints only.")
@@ -407,6 +630,8 @@ def main():
     parser.add_argument("--grouped-conv", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--lrn", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--modes", nargs="+", default=["train", "infer"], help=argparse.SUPPRESS)
+    parser.add_argument("--feed", choices=("raw", "prepared"), help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1. Received: {args.repeats}")
@@ -417,7 +642,7 @@ def main():
     command = "python bench/bench.py " + " ".join(sys.argv[1:])
     lines = [
         f"Generated by `{command.strip()}` on {datetime.date.today()} "
-        f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"({_cpu_model()}, {os.cpu_count()} CPUs, "
         f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up).",
         "",
     ]

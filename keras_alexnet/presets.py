@@ -2,7 +2,10 @@
 
 Like torchvision's `references/classification/presets.py`: a preset turns a
 dataset of decoded `(uint8 image, label)` pairs (see `keras_alexnet.data`)
-into batches the model trains or is evaluated on.
+into batches the model trains or is evaluated on. `TrainPreset` also takes
+encoded images (JPEG or PNG bytes, as a prepared folder holds them), and
+decodes a JPEG that is already a `resize_size` square only in its crop
+window.
 
 Normalisation lives here, at the end of every preset: the model takes
 `(pixels / 255 - mean) / std`. A model that normalises its inputs itself
@@ -20,6 +23,7 @@ import tensorflow as tf
 
 from keras_alexnet._validation import check_positive_int
 from keras_alexnet.augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from keras_alexnet.data.folder import decode_rgb
 from keras_alexnet.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from keras_alexnet.models import normalizes_inputs
 
@@ -137,32 +141,84 @@ class TrainPreset:
 
     def random_crop(self, square, seed):
         """A `square()` and a `[2]` int seed -> the random part: crop, flip, lighting."""
-        crop_seed, flip_seed, lighting_seed = tf.unstack(
-            tf.random.experimental.stateless_split(seed, 3)
-        )
+        return _with_lighting(*self._window(square, seed))
+
+    def random_crop_encoded(self, contents, seed):
+        """JPEG or PNG bytes and a `[2]` int seed -> what `augment` gives for the decoded image.
+
+        A JPEG that already is a `resize_size` square (a prepared folder's)
+        is decoded only inside the crop window, with
+        `tf.image.decode_and_crop_jpeg`, and never resized: the same window
+        as `random_crop`, with the same pixels as decoding the whole image
+        and cropping it, except beside the window's left and right edges
+        where the JPEG's colour is stored at half resolution (the JPEG
+        default; `tests/test_prepared.py` bounds the difference). Any other
+        image is decoded whole and goes through `square` first.
+        """
+        return _with_lighting(*self._window_encoded(contents, seed))
+
+    def _window(self, square, seed):
+        """`random_crop` before the float conversion: `(uint8 crop, lighting offset [3])`."""
+        crop_seed, flip_seed, lighting_seed = self._split_seed(seed)
         square.set_shape([self.resize_size, self.resize_size, 3])
-        image = tf.image.stateless_random_crop(
-            square, [self.crop_size, self.crop_size, 3], seed=crop_seed
+        top, left = self._crop_corner(crop_seed)
+        crop = square[top : top + self.crop_size, left : left + self.crop_size]
+        return self._flip(crop, flip_seed), self._lighting_offset(lighting_seed)
+
+    def _window_encoded(self, contents, seed):
+        """`random_crop_encoded` before the float conversion: `(uint8 crop, offset [3])`."""
+        crop_seed, flip_seed, lighting_seed = self._split_seed(seed)
+        top, left = self._crop_corner(crop_seed)
+        size = self.crop_size
+
+        def is_square_jpeg():
+            shape = tf.image.extract_jpeg_shape(contents)
+            return tf.logical_and(tf.equal(shape[0], self.resize_size),
+                                  tf.equal(shape[1], self.resize_size))
+
+        crop = tf.cond(
+            tf.cond(tf.io.is_jpeg(contents), is_square_jpeg, lambda: tf.constant(False)),
+            lambda: tf.image.decode_and_crop_jpeg(contents, tf.stack([top, left, size, size]),
+                                                  channels=3),
+            lambda: self.square(decode_rgb(contents))[top : top + size, left : left + size],
         )
+        crop.set_shape([size, size, 3])
+        return self._flip(crop, flip_seed), self._lighting_offset(lighting_seed)
+
+    def _split_seed(self, seed):
+        """The crop's, the flip's and the lighting's seeds of one example."""
+        return tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+
+    def _crop_corner(self, crop_seed):
+        """The crop's top-left corner in the square: `tf.image.stateless_random_crop`'s draw."""
+        limit = self.resize_size - self.crop_size + 1
+        offset = tf.random.stateless_uniform([3], crop_seed, maxval=tf.int32.max,
+                                             dtype=tf.int32) % tf.constant([limit, limit, 1])
+        return offset[0], offset[1]
+
+    def _flip(self, crop, flip_seed):
+        """The crop, mirrored left to right with probability `flip_probability`."""
         flip = tf.random.stateless_uniform([], flip_seed) < self.flip_probability
-        image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-        image = tf.cast(image, tf.float32) / 255.0
-        if self.lighting_std > 0:
-            alpha = tf.random.stateless_normal([3], lighting_seed, stddev=self.lighting_std)
-            # offset[c] = sum_i eigvec[c, i] * alpha[i] * eigval[i], as PCALighting.
-            offset = tf.linalg.matvec(tf.constant(self.eigvec, tf.float32),
-                                      alpha * tf.constant(self.eigval, tf.float32))
-            image = image + offset
-        return image
+        return tf.cond(flip, lambda: tf.reverse(crop, axis=[1]), lambda: crop)
+
+    def _lighting_offset(self, lighting_seed):
+        """PCA lighting's RGB offset for pixels in [0, 1] (zeros when `lighting_std` is 0)."""
+        if self.lighting_std == 0:
+            return tf.zeros([3], tf.float32)
+        alpha = tf.random.stateless_normal([3], lighting_seed, stddev=self.lighting_std)
+        # offset[c] = sum_i eigvec[c, i] * alpha[i] * eigval[i], as PCALighting.
+        return tf.linalg.matvec(tf.constant(self.eigvec, tf.float32),
+                                alpha * tf.constant(self.eigval, tf.float32))
 
     def dataset(self, examples, batch_size, shuffle=True, shuffle_buffer=None, seed=None,
                 cache=False, deterministic=None, drop_remainder=True):
-        """Batches of `(normalised float32 images, labels)` from `(uint8 image, label)`.
+        """Batches of `(normalised float32 images, labels)` from `(image, label)` examples.
 
-        Each image is reduced to its central `resize_size` square (uint8)
-        first; the cache and the shuffle buffer hold those squares, so their
-        memory is `square_bytes(resize_size)` per image whatever the size of
-        the files.
+        Each decoded image is reduced to its central `resize_size` square
+        (uint8) first; the cache and the shuffle buffer hold those squares,
+        so their memory is `square_bytes(resize_size)` per image whatever the
+        size of the files. Encoded images (JPEG or PNG bytes) stay encoded
+        until `random_crop_encoded` crops them.
 
         Shuffling here mixes the images within the buffer only. For a large
         folder listed class by class, pass examples whose file order is
@@ -170,14 +226,16 @@ class TrainPreset:
         seed=seed)` (what `keras_alexnet.training` does).
 
         Args:
-            examples: `tf.data.Dataset` of decoded `(image, label)`.
+            examples: `tf.data.Dataset` of `(uint8 image, label)` or
+                `(encoded image bytes, label)`.
             batch_size: global batch size.
             shuffle: shuffle examples (reshuffled every epoch).
             shuffle_buffer: images in the shuffle buffer; by default as many as
-                fit in `SHUFFLE_BUFFER_BYTES` (512 MiB).
+                fit in `SHUFFLE_BUFFER_BYTES` (512 MiB) as squares.
             seed: seed for shuffling and augmentation; `None` for fresh randomness.
-            cache: keep the decoded squares in memory after the first epoch
-                (`count * square_bytes(resize_size)` bytes).
+            cache: keep the decoded squares (or the encoded bytes) in memory
+                after the first epoch (`count * square_bytes(resize_size)`
+                bytes for squares).
             deterministic: keep element order fixed under parallel decoding;
                 by default exactly when `seed` is given, so a seeded pipeline
                 repeats exactly (at a cost in speed measured in BENCHMARKS.md).
@@ -194,7 +252,7 @@ class TrainPreset:
         return _with_options(dataset, deterministic)
 
     def epochs(self, source, batch_size, seed=None, first_epoch=0, cache=False,
-               shuffle_buffer=None, skipped_log=None):
+               shuffle_buffer=None, skipped_log=None, data_service=None):
         """An endless dataset of training batches from a `Source`, epoch after epoch.
 
         Epoch `e` is drawn from `(seed, e)` alone: its file order (shuffled
@@ -206,6 +264,18 @@ class TrainPreset:
         batch_size` (fewer if some files cannot be decoded: the next epoch
         then starts a few batches early).
 
+        A source of `resize_size` JPEG squares (`source.jpeg_size`, a
+        prepared folder) is read as JPEG bytes and each image decoded only in
+        its crop window (`random_crop_encoded`), unless `cache` is set.
+
+        With `data_service`, the tf.data service's workers read, decode and
+        augment each epoch and send batches (see
+        `keras_alexnet.data_service.distribute_epochs`): the epoch's order
+        and each example's crop, flip and lighting (seeded by the example's
+        key) still come from `(seed, e)`, but which worker makes which batch
+        does not, so the batches are not the same from run to run.
+        Undecodable files are then named on the workers' standard error.
+
         Args:
             source: a `keras_alexnet.data.Source` with a `"train"` split.
             batch_size: global batch size.
@@ -213,31 +283,68 @@ class TrainPreset:
             first_epoch: the epoch to start from.
             cache: decode the training split once, in listing order, and keep
                 its squares in memory (`count * square_bytes(resize_size)`
-                bytes); each epoch then shuffles all of them.
+                bytes); each epoch then shuffles all of them. Not with
+                `data_service`.
             shuffle_buffer: images in the shuffle buffer when not cached; by
                 default as many as fit in `SHUFFLE_BUFFER_BYTES`.
             skipped_log: where a folder source names files it cannot decode
                 (see `Source.examples`).
+            data_service: the tf.data service dispatcher, e.g.
+                `"grpc://host:5050"`, to make the batches on its workers.
         """
         check_positive_int("batch_size", batch_size)
         shuffle_buffer = self._shuffle_buffer(shuffle_buffer)
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         count = source.counts.get("train")
+
+        def epoch_seed(epoch):
+            return tf.constant(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+
+        if data_service is not None:
+            from keras_alexnet.data_service import distribute_epochs
+
+            if cache:
+                raise ValueError("cache=True cannot apply with a data_service: the workers "
+                                 "read every epoch anew.")
+
+            def service_epoch(epoch):  # runs on the service's workers
+                examples = source.units("train", seed, epoch)
+                if examples.element_spec[0].dtype != tf.string:
+                    examples = examples.map(
+                        lambda image, label, key: (self.square(image), label, key),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+                examples = examples.shuffle(shuffle_buffer, seed=epoch_seed(epoch))
+                window = self._window_function(examples)
+                windows = examples.map(
+                    lambda image, label, key: (
+                        *window(image, tf.stack([epoch_seed(epoch), key])), label),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+                return self._finish_batches(windows, batch_size, False, seed)
+
+            return distribute_epochs(service_epoch, data_service, batch_size, count,
+                                     first_epoch=first_epoch)
+
         if cache:
             if count is None:
                 raise ValueError("cache=True needs the size of the training split.")
             cached = self._squares(source.examples("train", skipped_log=skipped_log),
                                    cache=True)
             shuffle_buffer = count
+        encoded = not cache and source.jpeg_size == self.resize_size
 
         def one_epoch(epoch):
-            epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
-            squares = cached if cache else self._squares(source.examples(
-                "train", shuffle=True, seed=seed, epoch=epoch, skipped_log=skipped_log))
-            squares = squares.shuffle(shuffle_buffer, seed=epoch_seed)
+            if cache:
+                squares = cached
+            elif encoded:
+                squares = source.units("train", seed, epoch).map(
+                    lambda image, label, key: (image, label))
+            else:
+                squares = self._squares(source.examples(
+                    "train", shuffle=True, seed=seed, epoch=epoch, skipped_log=skipped_log))
+            squares = squares.shuffle(shuffle_buffer, seed=epoch_seed(epoch))
             seeds = tf.data.Dataset.range(2**62).map(
-                lambda position: tf.stack([epoch_seed, position]))
+                lambda position: tf.stack([epoch_seed(epoch), position]))
             return self._batches(squares, seeds, batch_size, True, seed)
 
         dataset = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
@@ -250,27 +357,50 @@ class TrainPreset:
         return shuffle_buffer
 
     def _squares(self, examples, cache=False):
-        squares = examples.map(lambda image, label: (self.square(image), label),
-                               num_parallel_calls=tf.data.AUTOTUNE)
-        return squares.cache() if cache else squares
+        """Decoded examples -> their squares; encoded ones pass as they are (cropped later)."""
+        if examples.element_spec[0].dtype != tf.string:
+            examples = examples.map(lambda image, label: (self.square(image), label),
+                                    num_parallel_calls=tf.data.AUTOTUNE)
+        return examples.cache() if cache else examples
+
+    def _window_function(self, examples):
+        """`_window` for squares, `_window_encoded` for encoded images."""
+        if examples.element_spec[0].dtype == tf.string:
+            return self._window_encoded
+        return self._window
 
     def _batches(self, squares, seeds, batch_size, drop_remainder, seed):
         """Random crops of `(square, label)` with one `[2]` seed each, batched and normalised."""
+        window = self._window_function(squares)
         dataset = tf.data.Dataset.zip(squares, seeds).map(
-            lambda example, example_seed: (self.random_crop(example[0], example_seed),
-                                           example[1]),
+            lambda example, example_seed: (*window(example[0], example_seed), example[1]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder,
+        return self._finish_batches(dataset, batch_size, drop_remainder, seed)
+
+    def _finish_batches(self, windows, batch_size, drop_remainder, seed):
+        """`(uint8 crop, lighting offset, label)` -> normalised float32 batches.
+
+        The crops are batched as uint8 and converted to float once per
+        batch: pixels / 255 + offset, the policy if any, then normalisation,
+        which without a policy is one multiply and one add per pixel.
+        """
+        dataset = windows.batch(batch_size, drop_remainder=drop_remainder,
                                 num_parallel_calls=tf.data.AUTOTUNE)
         policy = self._policy_layer(seed)
 
-        def finish_batch(images, labels):
+        def finish_batch(crops, offsets, labels):
+            offsets = offsets[:, None, None, :]
             if policy is not None:
-                images = policy(tf.clip_by_value(images, 0.0, 1.0))
-            if not self.normalize:
-                return images * 255.0, labels
-            return normalize(images, self.mean, self.std), labels
+                images = policy(tf.clip_by_value(_with_lighting(crops, offsets), 0.0, 1.0))
+                if not self.normalize:
+                    return images * 255.0, labels
+                return normalize(images, self.mean, self.std), labels
+            if not self.normalize:  # pixel values in [0, 255], lighting included
+                return tf.cast(crops, tf.float32) + 255.0 * offsets, labels
+            scale = 1 / (255 * tf.constant(self.std, tf.float32))
+            return (tf.cast(crops, tf.float32) * scale + normalize(offsets, self.mean, self.std),
+                    labels)
 
         return dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -373,6 +503,11 @@ class EvalPreset:
             dataset = dataset.cache()
         dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
         return _with_options(dataset, deterministic)
+
+
+def _with_lighting(crops, offsets):
+    """uint8 crop(s) and their lighting offsets -> float32 pixels in [0, 1] plus the offsets."""
+    return tf.cast(crops, tf.float32) / 255.0 + offsets
 
 
 def _with_options(dataset, deterministic):

@@ -24,6 +24,8 @@ import numpy as np
 
 from keras_alexnet import evaluation
 from keras_alexnet._validation import check_positive_int
+from keras_alexnet.data_service import (STALL_TIMEOUT_SECONDS, StalledServiceWatchdog,
+                                        check_dispatcher)
 from keras_alexnet.distribute import distribution_scope
 from keras_alexnet.export import check_export_target, export_saved_model
 from keras_alexnet.models import AlexNet
@@ -360,11 +362,14 @@ def _read_json(path):
 # ----------------------------------------------------------------- train
 
 
-def make_datasets(recipe, source, skipped_log=None, first_epoch=0):
+def make_datasets(recipe, source, skipped_log=None, first_epoch=0, data_service=None):
     """The training and validation datasets of a recipe, and the steps per epoch.
 
     `first_epoch`: the (Keras) epoch a resumed run starts at; the training
     batches then continue where the uninterrupted run's would be.
+    `data_service`: the address of a tf.data service dispatcher
+    (`"grpc://host:port"`) whose workers then make the training batches
+    (`TrainPreset.epochs`); validation stays on this machine.
 
     Raises ValueError when the training split holds less than one batch.
 
@@ -386,6 +391,11 @@ def make_datasets(recipe, source, skipped_log=None, first_epoch=0):
     train_preset = TrainPreset(crop_size=recipe.image_size, resize_size=recipe.resize_size,
                                lighting_std=recipe.lighting_std, policy=recipe.policy)
     eval_preset = EvalPreset(crop_size=recipe.image_size, resize_size=recipe.resize_size)
+    if data_service is not None:
+        check_dispatcher(data_service)
+        if count is None:
+            raise ValueError(f"--data-service needs the size of the training split, which "
+                             f"{source.name} does not give; prepare it first (--prepare DIR).")
     if count is None:  # a TFDS split without metadata: one pass per epoch
         examples = source.examples("train", shuffle=True, seed=recipe.seed,
                                    skipped_log=skipped_log)
@@ -394,7 +404,8 @@ def make_datasets(recipe, source, skipped_log=None, first_epoch=0):
         if steps is not None:
             train = train.repeat()
     else:
-        cache = count * square_bytes(recipe.resize_size) <= CACHE_BYTES
+        cache = (data_service is None
+                 and count * square_bytes(recipe.resize_size) <= CACHE_BYTES)
         data_epoch_batches = count // recipe.batch_size
         steps = recipe.steps_per_epoch or data_epoch_batches
         # Where the uninterrupted run would be in the stream of batches: a
@@ -402,7 +413,8 @@ def make_datasets(recipe, source, skipped_log=None, first_epoch=0):
         data_epoch, offset = divmod(first_epoch * steps, data_epoch_batches)
         train = train_preset.epochs(source, recipe.batch_size, seed=recipe.seed,
                                     first_epoch=data_epoch, cache=cache,
-                                    skipped_log=skipped_log).skip(offset)
+                                    skipped_log=skipped_log,
+                                    data_service=data_service).skip(offset)
     validation = None
     if "validation" in source.counts:
         validation = eval_preset.dataset(
@@ -457,7 +469,8 @@ def check_resume(run, settings, recipe, source):
 
 
 def train(recipe, source, output, resume=False, overwrite=False, distribute="none",
-          export=None, log=print, verbose="auto", arguments=None):
+          export=None, log=print, verbose="auto", arguments=None, data_service=None,
+          data_service_timeout=STALL_TIMEOUT_SECONDS):
     """Trains AlexNet on a source with a recipe; returns the summary dict.
 
     Everything is checked before the first file is written: a bad recipe,
@@ -480,6 +493,14 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         verbose: Keras' `fit` verbosity (progress bar).
         arguments: extra settings to record in `run.json` (train.py's data
             arguments, so `--resume` alone can rebuild the source).
+        data_service: a tf.data service dispatcher, `"grpc://host:port"`:
+            its workers make the training batches (see `make_datasets`).
+            Files they cannot decode are named in the workers' logs, not in
+            `skipped_files.txt`; this process says when an epoch came short.
+        data_service_timeout: with `data_service`, seconds without a
+            training batch after which the process ends with a message and
+            status `data_service.EXIT_STALLED` (a worker lost for good;
+            see `data_service.StalledServiceWatchdog`).
     """
     run = RunFolder(output)
     if export is not None:
@@ -490,7 +511,8 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
     initial_epoch = checkpoint["epoch"] if checkpoint else 0
     scope, replicas = distribution_scope(distribute, recipe.batch_size)
     train_data, validation, steps, eval_preset = make_datasets(
-        recipe, source, skipped_log=str(run / SKIPPED_FILES), first_epoch=initial_epoch)
+        recipe, source, skipped_log=str(run / SKIPPED_FILES), first_epoch=initial_epoch,
+        data_service=data_service)
 
     # Nothing was written before this line.
     run.create(resume, overwrite)
@@ -515,6 +537,7 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
     summary_printer = EpochSummary(recipe.epochs, recipe.batch_size, log)
     skipped_report = SkippedFilesReport(str(run / SKIPPED_FILES), log)
     callbacks = [
+        *([StalledServiceWatchdog(data_service, data_service_timeout)] if data_service else []),
         StopOnNaN(),
         *([Validation(validation, source.num_classes)] if validation is not None else []),
         schedule,
@@ -527,7 +550,9 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
     ]
     log(f"Training AlexNet ({recipe.variant}) on {source.name}: {source.num_classes} classes, "
         f"{source.counts}, backend {keras.backend.backend()}, {replicas} replica(s); run "
-        f"folder {run.path}.")
+        f"folder {run.path}."
+        + (f" Training batches from the tf.data service at {data_service}."
+           if data_service else ""))
     started = time.perf_counter()
     try:
         model.fit(train_data, epochs=recipe.epochs, initial_epoch=initial_epoch,
@@ -562,6 +587,7 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         "replicas": replicas,
         "chance_top1_error": 1 - 1 / source.num_classes,
         "skipped_files": skipped,
+        "data_service": data_service,
         "final_model": str(run / FINAL_MODEL),
         "best_model": str(run / BEST_MODEL),
     }

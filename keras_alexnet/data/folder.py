@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet.data.source import NoUsableImagesError, Source, Split
+from keras_alexnet.data.source import NoUsableImagesError, Source, Split, read_each_epoch
 
 TRAIN_SPLIT = "train"
 # Extensions of the formats TensorFlow decodes; a folder with none of them
@@ -18,6 +18,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 # Folder names that hold a validation split, in order of preference; a split
 # folder is never taken for a class.
 VALIDATION_SPLITS = ("val", "validation", "test")
+# Files per unit when the tf.data service splits an epoch between its workers.
+FILES_PER_UNIT = 64
+# Seed of the class-mixed order `Split.read_range` reads a folder in.
+MIXED_ORDER_SEED = 0
 
 
 def decode_rgb(contents):
@@ -90,73 +94,124 @@ def _flatten(files_by_class, class_names):
 # ----------------------------------------------------------------- decoding
 
 
+def _skipped_files_stream(skipped_log):
+    """Where undecodable files are named, and the prefix of each line."""
+    if skipped_log:
+        return f"file://{os.path.abspath(skipped_log)}", ""
+    return sys.stderr, "keras_alexnet: skipped a file that is not a decodable image: "
+
+
+def _decode_in_order(paths, label_values, order, skipped_log, empty_message=None):
+    """`(image, label, index)` of the files at listing indices `order`, decoded in parallel.
+
+    Decoding runs in parallel but keeps the order of `order`, so a position
+    missing after `ignore_errors` is an undecodable file: its name is looked
+    up from `order` and written to `skipped_log` (or stderr) as the pass
+    meets it. A last sentinel position reports files missing at the end.
+    `empty_message`, if given, is raised when not one file decodes (an
+    endless loop of empty epochs would otherwise idle).
+    """
+    output_stream, prefix = _skipped_files_stream(skipped_log)
+    count = tf.size(order, out_type=tf.int64)
+
+    def load(position):
+        def decode():
+            index = tf.gather(order, position)
+            return decode_rgb(tf.io.read_file(tf.gather(paths, index))), index
+
+        image, index = tf.cond(position < count, decode,
+                               lambda: (tf.zeros([1, 1, 3], tf.uint8), tf.constant(-1, tf.int64)))
+        return position, image, index
+
+    def report_missing(state, element):
+        expected, decoded = state[0], state[1]
+        position = element[0]
+        missing = tf.gather(paths, tf.gather(order, tf.range(expected, position)))
+        checks = [tf.cond(
+            tf.size(missing) > 0,
+            lambda: tf.print(prefix + tf.strings.reduce_join(
+                missing, separator="\n" + prefix), output_stream=output_stream),
+            tf.no_op)]
+        if empty_message is not None:
+            checks.append(tf.debugging.Assert(tf.logical_or(position < count, decoded > 0),
+                                              [empty_message]))
+        with tf.control_dependencies(checks):
+            return tf.stack([position + 1, decoded + 1]), element
+
+    positions = tf.data.Dataset.range(count + 1)
+    decoded = positions.map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=True).ignore_errors()
+    return (decoded.scan(tf.zeros([2], tf.int64), report_missing)
+            .filter(lambda position, image, index: position < count)
+            .map(lambda position, image, index: (image, tf.gather(label_values, index), index)))
+
+
+def _without_index(examples):
+    return examples.map(lambda image, label, index: (image, label))
+
+
 def _read_files(files, labels, shuffle, seed, epoch, skipped_log):
     """`(image, label)` of `files`, decoded in parallel; undecodable files skipped and named.
 
     Each epoch reads the files in the order of a permutation drawn from the
-    epoch's seed: `(seed, epoch)`, or a new draw from `seed` at every
-    iteration when `epoch` is None (the identity without `shuffle`). Decoding runs in parallel
-    but keeps that order, so a position missing after `ignore_errors` is an
-    undecodable file, and its name is looked up from the permutation and
-    written to `skipped_log` (or stderr) as the pass meets it. A last
-    sentinel position reports files missing at the end of the epoch.
+    epoch's seed (see `read_each_epoch`; the identity without `shuffle`).
     """
     count = len(files)
     paths = tf.constant(files, tf.string)
     label_values = tf.constant(labels, tf.int64)
-    output_stream = f"file://{os.path.abspath(skipped_log)}" if skipped_log else sys.stderr
-    prefix = "" if skipped_log else "keras_alexnet: skipped a file that is not a decodable image: "
+    empty_message = (f"No file of this split ({count} files, e.g. {files[0]}) could be "
+                     "decoded as an image.")
 
-    def read_epoch(epoch_seed):
+    def read_epoch(order_seed):
         order = (tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),
-                                                          seed=epoch_seed)
+                                                          seed=order_seed)
                  if shuffle else tf.range(count, dtype=tf.int64))
+        return _without_index(_decode_in_order(paths, label_values, order, skipped_log,
+                                               empty_message))
 
-        def load(position):
-            index = tf.gather(order, tf.minimum(position, count - 1))
-            image = tf.cond(position < count,
-                            lambda: decode_rgb(tf.io.read_file(tf.gather(paths, index))),
-                            lambda: tf.zeros([1, 1, 3], tf.uint8))
-            return position, image, tf.gather(label_values, index)
+    return read_each_epoch(read_epoch, shuffle, seed, epoch)
 
-        def report_missing(state, element):
-            expected, decoded = state[0], state[1]
-            position = element[0]
-            missing = tf.gather(paths, tf.gather(order, tf.range(expected, position)))
-            report = tf.cond(
-                tf.size(missing) > 0,
-                lambda: tf.print(prefix + tf.strings.reduce_join(
-                    missing, separator="\n" + prefix), output_stream=output_stream),
-                tf.no_op)
-            # A split with no decodable file would make an endless epoch loop idle.
-            nothing_decoded = tf.debugging.Assert(
-                tf.logical_or(position < count, decoded > 0),
-                [f"No file of this split ({count} files, e.g. {files[0]}) could be decoded "
-                 "as an image."])
-            with tf.control_dependencies([report, nothing_decoded]):
-                return tf.stack([position + 1, decoded + 1]), element
 
-        positions = tf.data.Dataset.range(count + 1)
-        decoded = positions.map(load, num_parallel_calls=tf.data.AUTOTUNE,
-                                deterministic=True).ignore_errors()
-        return (decoded.scan(tf.zeros([2], tf.int64), report_missing)
-                .filter(lambda position, image, label: position < count)
-                .map(lambda position, image, label: (image, label)))
+def _read_units(files, labels, seed, epoch):
+    """One epoch in units of `FILES_PER_UNIT` files, for the tf.data service (`Split.read_units`).
 
-    if not shuffle:
-        seeds = tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64))
-    elif epoch is None:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    else:
-        if seed is None:
-            seed = int.from_bytes(os.urandom(4), "little")
-        seeds = tf.data.Dataset.from_tensors(
-            tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]))
-    return seeds.take(1).flat_map(read_epoch)
+    The order is the permutation `Source.examples` draws from `(seed,
+    epoch)`, cut into units; a worker decodes a unit's files in order and
+    names those that fail on its own standard error.
+    """
+    count = len(files)
+    paths = tf.constant(files, tf.string)
+    label_values = tf.constant(labels, tf.int64)
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(count, dtype=tf.int64),
+        seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+    padding = -count % FILES_PER_UNIT
+    units = tf.reshape(tf.concat([order, tf.fill([padding], tf.constant(-1, tf.int64))], 0),
+                       [-1, FILES_PER_UNIT])
+
+    def read_unit(unit):
+        return _decode_in_order(paths, label_values, tf.boolean_mask(unit, unit >= 0),
+                                skipped_log=None)
+
+    return tf.data.Dataset.from_tensor_slices(units).interleave(
+        read_unit, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _split(files, labels):
-    return Split(count=len(files), read=functools.partial(_read_files, files, labels))
+    # The fixed order `read_range` reads the split in: the listing is sorted
+    # by class, and a prepared shard should hold every class.
+    mixed_order = functools.cache(
+        lambda: np.random.default_rng(MIXED_ORDER_SEED).permutation(len(files)))
+
+    def read_range(start, stop, skipped_log):
+        chosen = mixed_order()[start:stop]
+        return _without_index(_decode_in_order(
+            tf.constant([files[index] for index in chosen], tf.string),
+            tf.constant([labels[index] for index in chosen], tf.int64),
+            tf.range(len(chosen), dtype=tf.int64), skipped_log))
+
+    return Split(count=len(files), read=functools.partial(_read_files, files, labels),
+                 read_range=read_range, read_units=functools.partial(_read_units, files, labels))
 
 
 # ------------------------------------------------------------------- source

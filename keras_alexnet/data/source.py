@@ -1,7 +1,10 @@
 """`Source`: a labelled image dataset, read split by split."""
 
 import dataclasses
+import os
 from typing import Callable
+
+import tensorflow as tf
 
 
 class NoUsableImagesError(ValueError):
@@ -18,10 +21,28 @@ class Split:
         read: `read(shuffle, seed, epoch, skipped_log) -> tf.data.Dataset`
             of decoded `(uint8 image (H, W, 3), int64 label)` (see
             `Source.examples`).
+        read_range: `read_range(start, stop, skipped_log)`: the decoded
+            examples at positions `[start, stop)` of a fixed order in which
+            the classes are mixed, undecodable files skipped and named;
+            consecutive ranges read every example once (what
+            `keras_alexnet.data.prepare` writes shard by shard). `None` where
+            the source cannot.
+        read_units: `read_units(seed, epoch)`: one epoch of `(image, label,
+            key)` in an order drawn from `(seed, epoch)`, whose first dataset
+            is a `from_tensor_slices` of independent units (chunks of files,
+            shards), so the tf.data service can split an epoch between its
+            workers (`distributed_epoch`). `image` is a decoded uint8 image,
+            or JPEG bytes where the source says so (`Source.jpeg_size`);
+            `key` is an int64 unique to the example within the split (it
+            seeds the example's augmentation). Undecodable files are named
+            on the standard error of the process that decodes them. `None`
+            where the source cannot.
     """
 
     count: int | None
     read: Callable
+    read_range: Callable | None = None
+    read_units: Callable | None = None
 
 
 @dataclasses.dataclass
@@ -39,12 +60,17 @@ class Source:
             not valid UTF-8, say). Files that turn out not to decode are
             skipped later, as the pipeline meets them (see `examples`).
         name: a short description (folder path or TFDS name).
+        jpeg_size: set where every image is stored as a `jpeg_size` x
+            `jpeg_size` JPEG (a prepared folder): `Split.read_units` then
+            gives the JPEG bytes undecoded, so a preset can decode only the
+            window it crops (`tf.image.decode_and_crop_jpeg`).
     """
 
     splits: dict
     class_names: list
     skipped: list = dataclasses.field(default_factory=list)
     name: str = ""
+    jpeg_size: int | None = None
 
     @property
     def num_classes(self):
@@ -76,9 +102,34 @@ class Source:
                 pipeline meets it (by default they are printed to stderr).
                 Such files are left out: an epoch may be a few images short.
         """
+        return self._split(split).read(shuffle, seed, epoch, skipped_log)
+
+    def units(self, split, seed, epoch):
+        """One epoch of `(image, label, key)` in independent units (see `Split.read_units`).
+
+        What the tf.data service splits between its workers, and what the
+        presets read a prepared folder's JPEG bytes through.
+
+        Args:
+            split: `"train"` or `"validation"`.
+            seed: seed of the epoch's order (`None` draws one).
+            epoch: the epoch number (int or scalar int64 tensor).
+        """
+        read_units = self._split(split).read_units
+        if read_units is None:
+            raise ValueError(
+                f"{self.name} cannot be split into units that tf.data service workers share "
+                "(TFDS datasets cannot); prepare it first (keras_alexnet.data.prepare, or "
+                "train.py --prepare DIR) and train on the prepared folder."
+            )
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        return read_units(seed, epoch)
+
+    def _split(self, split):
         if split not in self.splits:
             raise ValueError(f"{self.name} has no {split!r} split; it has {list(self.splits)}.")
-        return self.splits[split].read(shuffle, seed, epoch, skipped_log)
+        return self.splits[split]
 
     @property
     def train(self):
@@ -89,3 +140,22 @@ class Source:
     def validation(self):
         """The validation examples in order, or `None` if the source has none."""
         return self.examples("validation") if "validation" in self.splits else None
+
+
+def read_each_epoch(read_epoch, shuffle, seed, epoch):
+    """`read_epoch(order_seed)` once per iteration, with the `[2]` int64 seed of its order.
+
+    The seed is `(seed, epoch)` when `epoch` is given, a new draw from
+    `seed` at every iteration of the dataset when it is not, and zeros
+    (the reader's listing order) without `shuffle`. See `Source.examples`.
+    """
+    if not shuffle:
+        seeds = tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64))
+    elif epoch is None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    else:
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        seeds = tf.data.Dataset.from_tensors(
+            tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+    return seeds.take(1).flat_map(read_epoch)

@@ -95,27 +95,51 @@ def tfds_dataset(name, data_dir=None, manual_dir=None, train_split="train",
         percent = int(round(100 * (1 - validation_fraction)))
         train_split, validation_split = f"{train_split}[:{percent}%]", f"{train_split}[{percent}%:]"
 
+    def examples(dataset):
+        return dataset.map(
+            lambda example: (to_rgb(example[image_key]), tf.cast(example[label_key], tf.int64)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+
     def reader(split):
         def read(shuffle, seed, epoch, skipped_log):
             # TFDS shuffles examples when it prepares a dataset; `shuffle`
             # reads its shards in a new order every epoch.
             read_config = tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=True)
-            dataset = builder.as_dataset(split=split, shuffle_files=shuffle,
-                                         read_config=read_config)
-            return dataset.map(
-                lambda example: (to_rgb(example[image_key]),
-                                 tf.cast(example[label_key], tf.int64)),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
+            return examples(builder.as_dataset(split=split, shuffle_files=shuffle,
+                                               read_config=read_config))
+
+        def read_range(start, stop, skipped_log):
+            # TFDS's own order: it shuffled the examples when it prepared them.
+            return examples(builder.as_dataset(
+                split=_absolute_range(split, splits, start, stop), shuffle_files=False))
 
         # None when TFDS has no split metadata (e.g. under mock_data).
-        return Split(count=splits[split].num_examples if splits else None, read=read)
+        return Split(count=splits[split].num_examples if splits else None, read=read,
+                     read_range=read_range)
 
     source_splits = {"train": reader(train_split)}
     if validation_split:
         source_splits["validation"] = reader(validation_split)
     return Source(splits=source_splits,
                   class_names=list(builder.info.features[label_key].names), name=name)
+
+
+def _absolute_range(split, split_infos, start, stop):
+    """The TFDS split string of positions `[start, stop)` of `split` (e.g. `"train[:90%]"`)."""
+    import tensorflow_datasets as tfds
+
+    pieces, offset = [], 0
+    for part in tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos):
+        # TFDS leaves out a bound at the split's start or end (None).
+        first = part.from_ or 0
+        length = (split_infos[part.splitname].num_examples if part.to is None
+                  else part.to) - first
+        low, high = max(start - offset, 0), min(stop - offset, length)
+        if low < high:
+            pieces.append(f"{part.splitname}[{first + low}:{first + high}]")
+        offset += length
+    return "+".join(pieces)
 
 
 def _check_online(name, data_dir):

@@ -1,0 +1,391 @@
+"""data.prepare / data.prepared: the paper's squares written once, resumably; the fused crop."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from keras_alexnet import AlexNet, data
+from keras_alexnet.data.prepared import METADATA, PROGRESS
+from keras_alexnet.presets import TrainPreset
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 16
+IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+BAD_FILES = {"circle/truncated.jpg": None, "square/notes.jpg": b"not an image"}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Three classes of 8 images of 24x32 (not square), and two undecodable files."""
+    root = data.write_synthetic_image_folder(tmp_path_factory.mktemp("raw") / "images",
+                                             classes=3, images_per_class=8,
+                                             image_size=(24, 32))
+    good = (root / "circle" / "0000.jpg").read_bytes()
+    (root / "circle" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (root / "square" / "notes.jpg").write_bytes(b"not an image")
+    return root
+
+
+def _source(folder):
+    return data.image_folder(folder, validation_fraction=0.25)
+
+
+def _collect(dataset):
+    return [(image.numpy(), int(label)) for image, label in dataset]
+
+
+def _reference_square(path, size):
+    """The paper's down-sampling written out: short side to `size` (bilinear, antialiased), centre."""
+    image = tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3)
+    height, width = image.shape[:2]
+    scale = size / min(height, width)
+    resized = tf.image.resize(image, [max(size, round(height * scale)),
+                                      max(size, round(width * scale))],
+                              method="bilinear", antialias=True).numpy()
+    top, left = (resized.shape[0] - size) // 2, (resized.shape[1] - size) // 2
+    return np.clip(np.round(resized[top:top + size, left:left + size]), 0, 255).astype(np.uint8)
+
+
+def _files(directory):
+    return {path.name: path.read_bytes() for path in sorted(Path(directory).iterdir())}
+
+
+def test_prepare_writes_the_papers_squares_and_names_skipped_files(folder, tmp_path):
+    source = _source(folder)
+    lines = []
+    metadata = data.prepare(source, tmp_path / "png", size=SIZE, format="png",
+                            images_per_shard=5, log=lines.append)
+    assert metadata == json.loads((tmp_path / "png" / METADATA).read_text())
+    assert metadata["class_names"] == ["circle", "square", "triangle"]
+    assert metadata["listed"] == source.counts == {"train": 20, "validation": 6}
+    skipped = sorted(name for split in metadata["splits"].values() for name in split["skipped"])
+    assert skipped == sorted(str(folder / name) for name in BAD_FILES)
+    assert sum(split["examples"] for split in metadata["splits"].values()) == 24
+    assert any("skipped" in line for line in lines)
+
+    prepared = data.prepared(tmp_path / "png")
+    assert prepared.counts == {name: split["examples"]
+                               for name, split in metadata["splits"].items()}
+    assert prepared.class_names == source.class_names and prepared.jpeg_size is None
+    assert sorted(prepared.skipped) == skipped
+    examples = _collect(prepared.train) + _collect(prepared.validation)
+    assert all(image.shape == (SIZE, SIZE, 3) for image, _ in examples)
+    # Lossless PNG: exactly the paper's squares of every decodable file, with its label.
+    expected = sorted((_reference_square(path, SIZE).tobytes(), label)
+                      for label, name in enumerate(source.class_names)
+                      for path in sorted((folder / name).iterdir())
+                      if f"{name}/{path.name}" not in BAD_FILES)
+    assert sorted((image.tobytes(), label) for image, label in examples) == expected
+    # The shards hold a class-mixed order, not the listing's class-sorted one.
+    labels = [label for _, label in _collect(prepared.train)]
+    assert labels != sorted(labels)
+
+
+def test_jpeg_preparation_matches_the_lossless_one(folder, tmp_path):
+    source = _source(folder)
+    for name, image_format in (("png", "png"), ("jpeg", "jpeg")):
+        data.prepare(source, tmp_path / name, size=SIZE, format=image_format, quality=95,
+                     images_per_shard=5, log=lambda line: None)
+    lossless, jpeg = data.prepared(tmp_path / "png"), data.prepared(tmp_path / "jpeg")
+    assert jpeg.jpeg_size == SIZE and "16x16 jpeg" in jpeg.name
+    for split in ("train", "validation"):
+        pairs = list(zip(_collect(lossless.examples(split)), _collect(jpeg.examples(split)),
+                         strict=True))
+        assert [a[1] for a, _ in pairs] == [b[1] for _, b in pairs]
+        for (exact, _), (lossy, _) in pairs:  # the same squares, JPEG-encoded at quality 95
+            np.testing.assert_array_equal(
+                lossy, tf.io.decode_jpeg(tf.io.encode_jpeg(exact, quality=95)))
+
+
+class NumberedSquares(tfds.core.GeneratorBasedBuilder):
+    """A TFDS dataset built offline: 24 images whose red value is 5 x their number."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.ClassLabel(names=["even", "odd"])}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for number in range(24):
+            yield number, {"image": np.full((20, 30, 3), (5 * number, 0, 0), np.uint8),
+                           "label": number % 2}
+
+
+def _numbers(examples):
+    return sorted((int(round(image[..., 0].mean() / 5)), label) for image, label in examples)
+
+
+def test_a_tfds_dataset_is_prepared_range_by_range(tmp_path, monkeypatch):
+    # Nothing to download: the check that this machine could is moot.
+    monkeypatch.setattr(data.tfds, "_check_online", lambda name, data_dir: None)
+    source = data.tfds_dataset("numbered_squares", data_dir=str(tmp_path / "tfds"),
+                               validation_fraction=0.25)  # train[:75%] and train[75%:]
+    assert source.counts == {"train": 18, "validation": 6}
+    data.prepare(source, tmp_path / "prepared", size=16, format="png", images_per_shard=5,
+                 log=lambda line: None)
+    prepared = data.prepared(tmp_path / "prepared")
+    for split in ("train", "validation"):  # what TFDS itself reads for the split
+        assert (_numbers(_collect(prepared.examples(split)))
+                == _numbers(_collect(source.examples(split))))
+    everything = _numbers(_collect(prepared.train) + _collect(prepared.validation))
+    assert everything == [(number, number % 2) for number in range(24)]
+
+
+def test_a_folder_of_another_source_or_size_is_refused_and_left_alone(folder, tmp_path):
+    source = _source(folder)
+    target = tmp_path / "prepared"
+    data.prepare(source, target, size=SIZE, images_per_shard=10, log=lambda line: None)
+    before = _files(target)
+    stamps = {path.name: path.stat().st_mtime_ns for path in target.iterdir()}
+
+    with pytest.raises(data.PreparedFolderError, match=r"size: 16 -> 20"):
+        data.prepare(source, target, size=20, images_per_shard=10)
+    other = data.write_synthetic_image_folder(tmp_path / "other", classes=2,
+                                              images_per_class=4, image_size=(20, 20))
+    with pytest.raises(data.PreparedFolderError, match=r"source: .*images' -> .*other'"):
+        data.prepare(data.image_folder(other), target, size=SIZE, images_per_shard=10)
+    lines = []
+    again = data.prepare(source, target, size=SIZE, images_per_shard=10, log=lines.append)
+    assert "already prepared" in lines[0] and again["splits"]
+    assert _files(target) == before
+    assert {path.name: path.stat().st_mtime_ns for path in target.iterdir()} == stamps
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(data.PreparedFolderError, match="not empty"):
+        data.prepare(source, foreign, size=SIZE)
+    assert _files(foreign) == {"notes.txt": b"mine"}
+
+    with pytest.raises(FileNotFoundError, match="Not a prepared folder"):
+        data.prepared(foreign)
+    with pytest.raises(ValueError, match="cannot be read in ranges"):
+        data.prepare(data.prepared(target), tmp_path / "again", size=8)
+    for arguments, message in (({"format": "gif"}, "format"), ({"quality": 0}, "quality"),
+                               ({"size": 0}, "size"), ({"images_per_shard": 0}, "per_shard")):
+        with pytest.raises(ValueError, match=message):
+            data.prepare(source, tmp_path / "bad", **arguments)
+    assert not (tmp_path / "bad").exists()
+
+
+PREPARE_SCRIPT = textwrap.dedent("""
+    import sys
+    from keras_alexnet import data
+    data.prepare(data.image_folder(sys.argv[1], validation_fraction=0), sys.argv[2],
+                 size=16, images_per_shard=2)
+""")
+
+
+def _start_prepare(*arguments, **options):
+    return subprocess.Popen([sys.executable, "-c", PREPARE_SCRIPT, *map(str, arguments)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, **options)
+
+
+def _run_prepare(*arguments, **options):
+    return subprocess.run([sys.executable, "-c", PREPARE_SCRIPT, *map(str, arguments)],
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, **options)
+
+
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory):
+    """120 small images: 60 shards of two, enough to kill a prepare in the middle."""
+    return data.write_synthetic_image_folder(tmp_path_factory.mktemp("many") / "images",
+                                             classes=3, images_per_class=40,
+                                             image_size=(24, 32))
+
+
+def test_a_killed_prepare_leaves_no_half_shard_and_continues(many_images, tmp_path):
+    target = tmp_path / "prepared"
+    process = _start_prepare(many_images, target, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    progress = target / PROGRESS
+    while time.time() < deadline and process.poll() is None:
+        if progress.exists() and progress.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "prepare finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (target / METADATA).exists()
+    # Every file under a shard's own name is a whole shard: it reads to the end.
+    shards = sorted(target.glob("*.tfrecord"))
+    assert 2 <= len(shards) < 60
+    for shard in shards:
+        assert sum(1 for _ in tf.data.TFRecordDataset(str(shard))) == 2
+    with pytest.raises(data.PreparedFolderError, match="not completely prepared"):
+        data.prepared(target)
+
+    resumed = _run_prepare(many_images, target, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    first_line = resumed.stdout.splitlines()[0]
+    complete = int(first_line.split(" of 60 shards already complete")[0].rsplit(", ", 1)[1])
+    assert complete >= 2
+    assert data.prepared(target).counts == {"train": 120}
+    # The same bytes as a preparation never interrupted.
+    whole = tmp_path / "whole"
+    assert _run_prepare(many_images, whole, capture_output=True).returncode == 0
+    resumed, uninterrupted = _files(target), _files(whole)
+    for name in (PROGRESS, METADATA):
+        resumed.pop(name), uninterrupted.pop(name)  # progress lines come in finishing order
+    assert resumed == uninterrupted
+    assert (json.loads((target / METADATA).read_text())
+            == json.loads((whole / METADATA).read_text()))
+
+
+def test_a_full_disk_fails_clearly_and_the_next_run_continues(many_images, tmp_path):
+    """A real ENOSPC: a small tmpfs mounted in a user namespace (no root needed)."""
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "--user", "--map-root-user", "--mount", "true"]).returncode != 0:
+        pytest.skip("unprivileged user namespaces are not available to mount a small tmpfs")
+    disk, copy = tmp_path / "disk", tmp_path / "copy"
+    disk.mkdir()
+    script = tmp_path / "prepare.py"
+    script.write_text(PREPARE_SCRIPT)
+    run = f"{sys.executable} {script} {many_images} {disk}/prepared"
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+         f"mount -t tmpfs -o size=96k tmpfs {disk} && {{ {run} > {tmp_path}/first.txt "
+         f"2>&1; echo $? > {tmp_path}/first_code; }}; "
+         f"mount -o remount,size=4m {disk} && {run} > {tmp_path}/second.txt 2>&1 && "
+         f"cp -r {disk}/prepared {copy}"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    first = (tmp_path / "first.txt").read_text()
+    assert (tmp_path / "first_code").read_text().strip() != "0"
+    assert "The disk is full" in first and "run prepare again" in first, first[-2000:]
+    assert result.returncode == 0, (tmp_path / "second.txt").read_text()[-2000:]
+    second = (tmp_path / "second.txt").read_text()
+    assert "0 of 60 shards already complete" not in second
+    assert data.prepared(copy).counts == {"train": 120}
+    assert not list(copy.glob("*.tmp"))
+
+
+# --------------------------------------------------------- the fused crop
+
+
+def _seeds(count):
+    return [tf.constant([seed, 7 * seed + 1], tf.int64) for seed in range(count)]
+
+
+def test_crop_window_is_tensorflows_stateless_random_crop():
+    square = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
+    preset = TrainPreset(crop_size=20, resize_size=32, flip_probability=0.0, lighting_std=0.0)
+    for seed in _seeds(20):
+        crop_seed = tf.random.experimental.stateless_split(seed, 3)[0]
+        expected = tf.image.stateless_random_crop(square, [20, 20, 3], seed=crop_seed)
+        np.testing.assert_array_equal(
+            np.round(preset.random_crop(tf.constant(square), seed).numpy() * 255), expected)
+
+
+def _smooth_square(size, seed=0):
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (size // 8, size // 8, 3)).astype(np.float32)
+    return tf.cast(tf.image.resize(coarse, [size, size]), tf.uint8).numpy()
+
+
+def test_encoded_square_jpegs_are_decoded_only_in_the_same_window():
+    preset = TrainPreset(crop_size=56, resize_size=64)
+    square = _smooth_square(64)
+    # Full-resolution colour (4:4:4): the window decode equals decoding then cropping.
+    full_colour = tf.io.encode_jpeg(square, quality=95, chroma_downsampling=False)
+    for seed in _seeds(10):
+        np.testing.assert_array_equal(
+            preset.random_crop_encoded(full_colour, seed),
+            preset.random_crop(tf.io.decode_jpeg(full_colour), seed))
+    # Half-resolution colour (the JPEG default): equal except beside the left and
+    # right edges of the window, where the decoder lacks the neighbouring colour.
+    half_colour = tf.io.encode_jpeg(square, quality=95)
+    differing_edges = 0
+    for seed in _seeds(20):
+        window = preset.random_crop_encoded(half_colour, seed).numpy()
+        decoded = preset.random_crop(tf.io.decode_jpeg(half_colour), seed).numpy()
+        columns = np.flatnonzero(np.abs(window - decoded).max(axis=(0, 2)) > 1e-6)
+        assert set(columns) <= {0, 55}, columns
+        assert np.abs(window - decoded).max() <= 16 / 255
+        differing_edges += len(columns) > 0
+    assert differing_edges > 0  # the window really was decoded on its own
+
+
+def test_other_encoded_images_are_decoded_whole_then_squared():
+    preset = TrainPreset(crop_size=20, resize_size=24)
+    wide = np.random.default_rng(1).integers(0, 256, (30, 40, 3), np.uint8)
+    for contents, decoded in ((tf.io.encode_png(wide), wide),
+                              (tf.io.encode_jpeg(wide), tf.io.decode_jpeg(
+                                  tf.io.encode_jpeg(wide)).numpy()),
+                              (tf.io.encode_png(wide[:24, :24]), wide[:24, :24])):
+        for seed in _seeds(5):
+            np.testing.assert_array_equal(preset.random_crop_encoded(contents, seed),
+                                          preset.augment(tf.constant(decoded), seed))
+
+
+def test_prepared_jpeg_epochs_repeat_resume_and_feed_model_fit(folder, tmp_path):
+    data.prepare(data.image_folder(folder, validation_fraction=0), tmp_path / "prepared",
+                 size=SIZE, images_per_shard=4, log=lambda line: None)
+    source = data.prepared(tmp_path / "prepared")
+    assert source.jpeg_size == SIZE and source.counts == {"train": 24}
+    preset = TrainPreset(crop_size=12, resize_size=SIZE)
+    steps = 24 // 4
+
+    def run(first_epoch=0, epochs=2):
+        dataset = preset.epochs(source, batch_size=4, seed=3, first_epoch=first_epoch)
+        return [(images.numpy(), labels.numpy()) for images, labels in
+                dataset.take(steps * epochs)]
+
+    first, again = run(), run()
+    for (a_images, a_labels), (b_images, b_labels) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a_images, b_images)
+        np.testing.assert_array_equal(a_labels, b_labels)
+    expected_labels = sorted(label for _, label in _collect(source.train))
+    for epoch in (first[:steps], first[steps:]):
+        assert sorted(np.concatenate([labels for _, labels in epoch])) == expected_labels
+    for (a_images, _), (b_images, _) in zip(first[steps:], run(first_epoch=1, epochs=1),
+                                            strict=True):
+        np.testing.assert_array_equal(a_images, b_images)
+
+    model = AlexNet(input_shape=(67, 67, 3), classes=3, initialization="he")
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    big = TrainPreset(crop_size=67, resize_size=72)
+    history = model.fit(big.epochs(source, batch_size=8, seed=0), steps_per_epoch=3,
+                        epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_train_py_prepares_and_trains_from_the_prepared_folder(folder, tmp_path):
+    target, output = tmp_path / "prepared", tmp_path / "run"
+    command = [sys.executable, str(ROOT / "train.py"), "--backend", keras.backend.backend()]
+    prepared = subprocess.run([*command, "--data", str(folder), "--prepare", str(target),
+                               "--resize-size", "72", "--validation-fraction", "0.25"],
+                              cwd=ROOT, capture_output=True, text=True)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    assert f"Train from it with: python train.py --data {target}" in prepared.stdout
+    assert "2 undecodable file(s) skipped" in prepared.stdout
+    assert data.prepared(target).jpeg_size == 72
+    refused = subprocess.run([*command, "--data", str(folder), "--prepare", str(target),
+                              "--resize-size", "64"], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and "size: 72 -> 64" in refused.stderr
+    trained = subprocess.run([*command, "--data", str(target), "--output", str(output),
+                              "--epochs", "1", "--image-size", "67", "--resize-size", "72",
+                              "--batch-size", "8", "--init", "he", "--quiet", "--seed", "0"],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "72x72 jpeg, prepared from" in trained.stdout
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["examples"] == data.prepared(target).counts["validation"]
+    assert summary["skipped_files"] == []
