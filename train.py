@@ -5,6 +5,9 @@
     python train.py --dataset imagenet2012 --manual-dir ~/ilsvrc --epochs 90
     python train.py --backend tensorflow --distribute mirrored          # all GPUs
     python train.py --backend jax --distribute data-parallel --cpu-devices 2
+    python train.py --backend jax --distribute model-parallel --model-parallel 2  # the paper's
+    python train.py --backend jax --distribute data-parallel --num-processes 2 \
+        --process-id 0 --job-addresses host0:1234,host1:1234 --data /shared/images  # on host0
     python train.py --output runs/demo-20261123-101500 --resume     # continue a killed run
     python train.py --export exports/alexnet/1        # SavedModel at the end
     python train.py --data ~/images --prepare ~/images-256   # the paper's 256x256, once
@@ -25,7 +28,20 @@ from it. Exit codes: 0 done, 2 bad arguments, data or output folder (nothing
 written), 3 the loss became NaN, 4 --prepare failed while writing (a full
 disk, say; what was complete is kept and the same command continues it), 5 no
 batch came from the --data-service for --service-timeout seconds (a lost worker;
-the last checkpoint is kept for --resume).
+the last checkpoint is kept for --resume), 6 a run over several processes lost one.
+
+A run over several processes (JAX): every process runs the same command but
+--process-id (or gets KERAS_DISTRIBUTION_NUM_PROCESSES, _PROCESS_ID and
+_JOB_ADDRESSES from its launcher). Process 0 alone writes the run folder and
+the export; to --resume, every process must see the run folder (a shared
+filesystem, or a copy at the same path). If a check fails on any process,
+every process exits with code 2. If a process dies (killed, crashed, its
+machine gone) or stops with an error while the others train, the others
+stop: with "error: Process I of N stopped training: ..." and exit code 6
+when their collective fails, or within --heartbeat-timeout seconds (100)
+when JAX notices the silence, printing "Terminating process because the JAX
+distributed service detected fatal errors" and ending with SIGABRT (exit
+status 134 in a shell). Restart all of them with --resume.
 """
 
 import argparse
@@ -49,9 +65,12 @@ DATA_ARGUMENTS = ("data", "dataset", "data_dir", "manual_dir", "validation_fract
 # Arguments that only say how or where this session runs: a resumed run may change them.
 SESSION_ARGUMENTS = ("backend", "output", "resume", "overwrite", "export", "distribute",
                      "cpu_devices", "quiet", "data_dir", "manual_dir", "data_service",
-                     "service_timeout")
+                     "service_timeout", "model_parallel", "num_processes", "process_id",
+                     "job_addresses", "heartbeat_timeout")
 # The size --prepare writes without --resize-size: the paper's.
 PREPARE_SIZE = 256
+# A run over several processes stopped because one of them was lost.
+LOST_PROCESS_EXIT_CODE = 6
 # Recipe fields set by command-line options of another name.
 RECIPE_OPTIONS = {"lr": "learning_rate", "init": "initialization"}
 
@@ -110,10 +129,26 @@ def parse_arguments(argv=None):
                               "(and replace a previous SavedModel at --export).")
     outputs.add_argument("--export", help="write a SavedModel here at the end.")
     distribution = parser.add_argument_group("distribution")
-    distribution.add_argument("--distribute", choices=("none", "mirrored", "data-parallel"))
+    distribution.add_argument("--distribute",
+                              choices=("none", "mirrored", "data-parallel", "model-parallel"))
+    distribution.add_argument("--model-parallel", type=int, metavar="M",
+                              help="devices per model replica with --distribute "
+                                   "model-parallel (the paper's 2); the other devices of all "
+                                   "processes train replicas side by side.")
     distribution.add_argument("--cpu-devices", type=int,
                               help="split the CPU into N logical devices (to run "
                                    "distribution without GPUs).")
+    processes = parser.add_argument_group(
+        "many processes or machines (JAX; defaults: $KERAS_DISTRIBUTION_NUM_PROCESSES, "
+        "_PROCESS_ID, _JOB_ADDRESSES)")
+    processes.add_argument("--num-processes", type=int, help="processes in the run.")
+    processes.add_argument("--process-id", type=int,
+                           help="this process, 0 to N-1; process 0 writes the run folder.")
+    processes.add_argument("--job-addresses", metavar="HOST:PORT,...",
+                           help="every process's host:port, or process 0's alone.")
+    processes.add_argument("--heartbeat-timeout", type=int, metavar="SECONDS",
+                           help="a process silent this long counts as dead and the others "
+                                "stop (100).")
     parser.add_argument("--quiet", action="store_true", help="no progress bar.")
     return parser, parser.parse_args(argv)
 
@@ -211,6 +246,32 @@ def prepare(args, data):
     return 0
 
 
+def join_processes(args, distribute):
+    """Checks the distribution options and joins a run over several processes.
+
+    Returns the `Processes` or None. Raises ValueError before touching any
+    device.
+    """
+    distribution = args.distribute or "none"
+    processes = distribute.resolve_processes(args.num_processes, args.process_id,
+                                             args.job_addresses)
+    distribute.check_distribution(distribution)
+    if args.model_parallel is not None and distribution != "model-parallel":
+        raise ValueError("--model-parallel sets the model axis of --distribute model-parallel. "
+                         f"Received: --distribute {distribution}")
+    if processes is None:
+        if args.heartbeat_timeout is not None:
+            raise ValueError("--heartbeat-timeout is for a run over several processes "
+                             "(--num-processes).")
+        return None
+    if distribution not in ("data-parallel", "model-parallel"):
+        raise ValueError("A run over several processes needs --distribute data-parallel or "
+                         f"model-parallel. Received: --distribute {distribution}")
+    distribute.initialize_processes(
+        processes, heartbeat_timeout=args.heartbeat_timeout or distribute.HEARTBEAT_TIMEOUT)
+    return processes
+
+
 def main(argv=None):
     parser, args = parse_arguments(argv)
     if args.cpu_devices is not None and args.cpu_devices < 1:
@@ -235,25 +296,29 @@ def main(argv=None):
     print(f"Keras backend: {keras.backend.backend()}")
     output = args.output or default_output(args)
     try:
-        settings = RunFolder(output).check(args.resume, args.overwrite)
-        recorded = resume_arguments(args, settings) if args.resume else None
-        if args.data and not os.path.isdir(os.path.expanduser(args.data)):
-            raise ValueError(f"--data: no such folder: {args.data}")
-        recipe = make_recipe(args, training, recorded)
-        distribution = args.distribute or "none"
-        distribute.check_distribution(distribution)
-        if args.cpu_devices and keras.backend.backend() == "tensorflow":
-            distribute.split_cpu_for_tensorflow(args.cpu_devices)
-        source = data.from_arguments(args.data, args.dataset, args.data_dir, args.manual_dir,
-                                     0.1 if args.validation_fraction is None
-                                     else args.validation_fraction)
+        # Before any JAX computation.
+        processes = join_processes(args, distribute)
+        writes = processes is None or processes.process_id == 0
+        with distribute.start_together():
+            settings = RunFolder(output).check(args.resume, args.overwrite, writes=writes)
+            recorded = resume_arguments(args, settings) if args.resume else None
+            if args.data and not os.path.isdir(os.path.expanduser(args.data)):
+                raise ValueError(f"--data: no such folder: {args.data}")
+            recipe = make_recipe(args, training, recorded)
+            if args.cpu_devices and keras.backend.backend() == "tensorflow":
+                distribute.split_cpu_for_tensorflow(args.cpu_devices)
+            source = data.from_arguments(args.data, args.dataset, args.data_dir,
+                                         args.manual_dir,
+                                         0.1 if args.validation_fraction is None
+                                         else args.validation_fraction)
         summary = training.train(
             recipe, source, output, resume=args.resume, overwrite=args.overwrite,
-            distribute=distribution, export=args.export,
+            distribute=args.distribute or "none", export=args.export,
             verbose=0 if args.quiet else "auto",
             arguments={key: getattr(args, key) for key in DATA_ARGUMENTS},
             data_service=args.data_service,
             data_service_timeout=args.service_timeout or training.STALL_TIMEOUT_SECONDS,
+            model_parallel=args.model_parallel or distribute.PAPER_MODEL_PARALLEL,
         )
     except (ValueError, FileNotFoundError, FileExistsError, RunFolderError,
             data.OfflineError, ConnectionError) as error:
@@ -263,7 +328,18 @@ def main(argv=None):
     except training.NaNLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
+    except distribute.LostProcessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Leave now: at a normal exit JAX would wait for the lost process,
+        # then abort this one.
+        os._exit(LOST_PROCESS_EXIT_CODE)
 
+    if not writes:
+        print(f"Process {processes.process_id} of {processes.num_processes} done; process 0 "
+              "wrote the run folder.")
+        return 0
     if summary["top1_error"] is not None:
         print(f"Final validation ({summary['evaluation']}): top-1 error "
               f"{100 * summary['top1_error']:.1f}%, top-5 error "

@@ -12,7 +12,11 @@
 - `collectives`: the cross-device communication in one compiled training
   step, per layer, so the layout can be compared with the paper (§3.2).
 - `resolve_processes` and `initialize_processes`: one run over several
-  processes or machines (JAX), before any JAX computation.
+  processes or machines (JAX), before any JAX computation; then
+  `start_together` (every process passes its checks, with the same
+  settings, or all stop), `ModelWriter` (process 0 writes what all train),
+  `model_outputs` (a model's outputs under any layout) and
+  `wait_for_every_process`.
 
 Reading the data over several processes: each process gets the same
 `tf.data` pipeline of *global* batches and Keras' own auto-sharding
@@ -32,6 +36,7 @@ batch; the input pipeline must keep up with the whole run, not one process.
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 
@@ -53,6 +58,22 @@ SPLIT_UNITS = ("fc6", "drop6", "fc7", "drop7")
 GATHERED = ("flatten",)
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute",
                "all-to-all")
+TORCH_HAS_NO_DISTRIBUTION = (
+    "Keras 3.15 has no distribution API for the PyTorch backend (its main branch adds "
+    "DataParallel through torch DDP for the next release, and ModelParallel through DTensor "
+    "after it: keras-team/keras#23418)."
+)
+MULTI_WORKER_MIRRORED_IS_BROKEN = (
+    "Training over several processes on TensorFlow would be "
+    "tf.distribute.MultiWorkerMirroredStrategy, and Keras 3.15's model.fit fails with it on "
+    "TensorFlow 2.21 before the first step (ValueError: Attempt to convert a value "
+    "(PerReplica...); keras-team/keras#20585). Use --backend jax --distribute data-parallel "
+    "(or model-parallel): keras.distribution trains over several processes on JAX."
+)
+# JAX's defaults: seconds to wait for every process to join, and of
+# silence after which a process counts as dead.
+JOIN_TIMEOUT = 300
+HEARTBEAT_TIMEOUT = 100
 ENVIRONMENT = {
     "num_processes": "KERAS_DISTRIBUTION_NUM_PROCESSES",
     "process_id": "KERAS_DISTRIBUTION_PROCESS_ID",
@@ -81,11 +102,9 @@ def check_distribution(distribute):
     if distribute == "none":
         return False
     if backend == "torch":
-        raise ValueError(
-            "Keras 3 has no distribution API for the PyTorch backend: use --backend "
-            "tensorflow --distribute mirrored or --backend jax --distribute data-parallel "
-            "(or model-parallel)."
-        )
+        raise ValueError(f"{TORCH_HAS_NO_DISTRIBUTION} Use --backend tensorflow --distribute "
+                         "mirrored or --backend jax --distribute data-parallel (or "
+                         "model-parallel).")
     if distribute == "mirrored" and backend != "tensorflow":
         raise ValueError(
             "--distribute mirrored is tf.distribute.MirroredStrategy and needs "
@@ -300,6 +319,9 @@ def collectives(model, images, labels):
     metadata XLA keeps (Keras names JAX scopes after its layers; gradients
     show as `transpose(...)`), and to the mesh axis its device groups span.
 
+    The model's weights and metrics are left as they were; its optimizer
+    is built, as `fit` would.
+
     Args:
         model: a compiled Keras model built under the distribution (JAX).
         images, labels: one global batch (NumPy arrays).
@@ -322,10 +344,13 @@ def collectives(model, images, labels):
                          f"Received: backend={keras.backend.backend()!r}")
     distribution = keras.distribution.distribution()
     # Keras builds the loss, the metrics and the optimizer at the first
-    # step; build them the same way here without training.
-    predictions = model(images)
-    model.compute_loss(images, labels, predictions)
-    model.compute_metrics(images, labels, predictions, sample_weight=None)
+    # step; build them the same way here without training. The stateless
+    # scope (which must know the model's values) drops the metric updates,
+    # so this batch is not counted in them.
+    with keras.StatelessScope(state_mapping=[(v, v.value) for v in model.variables]):
+        predictions = model(images)
+        model.compute_loss(images, labels, predictions)
+        model.compute_metrics(images, labels, predictions, sample_weight=None)
     model.optimizer.build(model.trainable_variables)
     state = tuple(
         [variable.value for variable in variables]
@@ -457,7 +482,7 @@ def resolve_processes(num_processes=None, process_id=None, job_addresses=None):
     `KERAS_DISTRIBUTION_PROCESS_ID` or `KERAS_DISTRIBUTION_JOB_ADDRESSES`
     (comma-separated `host:port`; the first is process 0, the coordinator),
     the variables `keras.distribution.initialize` reads, so any launcher
-    that sets them works (SLURM, Kubernetes, a shell loop).
+    that sets them works (SLURM, Kubernetes, a shell loop). Touches no device.
 
     Args:
         num_processes: processes in the run, >= 1.
@@ -472,13 +497,20 @@ def resolve_processes(num_processes=None, process_id=None, job_addresses=None):
     Raises:
         ValueError: a missing or malformed setting, a process id out of
             range, an address count different from the process count, or
-            several processes on a backend other than JAX.
+            several processes on a backend other than JAX (TensorFlow's
+            `MultiWorkerMirroredStrategy` does not train with Keras 3.15, see
+            `MULTI_WORKER_MIRRORED_IS_BROKEN`; PyTorch has no Keras
+            distribution). A `TF_CONFIG` naming a cluster on TensorFlow is
+            refused the same way.
 
     Example:
 
     >>> resolve_processes(2, 1, "10.0.0.1:1234,10.0.0.2:1234")
     Processes(num_processes=2, process_id=1, job_addresses=('10.0.0.1:1234', '10.0.0.2:1234'))
     """
+    if keras.backend.backend() == "tensorflow" and _tf_config_names_a_cluster():
+        raise ValueError(
+            f"TF_CONFIG names a cluster of workers. {MULTI_WORKER_MIRRORED_IS_BROKEN}")
     given = {"num_processes": num_processes, "process_id": process_id,
              "job_addresses": job_addresses}
     for name, variable in ENVIRONMENT.items():
@@ -518,12 +550,11 @@ def resolve_processes(num_processes=None, process_id=None, job_addresses=None):
         )
     if count == 1:
         return None
+    if keras.backend.backend() == "tensorflow":
+        raise ValueError(MULTI_WORKER_MIRRORED_IS_BROKEN)
     if keras.backend.backend() != "jax":
-        raise ValueError(
-            "Training over several processes uses keras.distribution, which Keras 3.15 "
-            f"implements for JAX only: use --backend jax. Received: backend="
-            f"{keras.backend.backend()!r}"
-        )
+        raise ValueError(f"{TORCH_HAS_NO_DISTRIBUTION} Train over several processes with "
+                         "--backend jax.")
     return Processes(count, index, addresses)
 
 
@@ -534,19 +565,35 @@ def _integer(name, value):
         raise ValueError(f"`{name}` must be an integer. Received: {name}={value!r}") from None
 
 
-def initialize_processes(processes, timeout=300, heartbeat_timeout=100):
+def _tf_config_names_a_cluster():
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    except (ValueError, AttributeError):
+        return False
+    return sum(len(tasks) for tasks in cluster.values()) > 1
+
+
+def initialize_processes(processes, timeout=JOIN_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT):
     """Joins this process to the run of `processes` (call before any JAX work).
 
     Does what `keras.distribution.initialize` does (the first job address is
-    the coordinator; every process gets the same random seed), but calls
+    the coordinator; the processes agree a random seed), but calls
     `jax.distributed.initialize` itself to pass the timeouts Keras does not
-    pass: this process waits at most `timeout` seconds for the others to
-    join, and when a process stops sending heartbeats for
-    `heartbeat_timeout` seconds (killed, crashed, its machine gone) JAX
-    stops the others with "heartbeat timeout ... The tasks have crashed"
-    instead of letting them wait in a collective forever. (JAX ends the
-    process from C++, so this is not a Python exception.) The defaults are
-    JAX's own.
+    pass, and leaves the global random seeds alone.
+
+    - A process waits at most `timeout` seconds for the others to join;
+      then JAX ends it ("Deadline Exceeded").
+    - When a process stops sending heartbeats for `heartbeat_timeout`
+      seconds (killed, crashed, its machine gone), JAX ends the others
+      ("Terminating process because the JAX distributed service detected
+      fatal errors", after "heartbeat timeout" or "The tasks have
+      crashed") instead of letting them wait in a collective forever.
+    - A process that ends with an error while the others still train waits
+      as long at most for them at JAX's shutdown, which then ends them the
+      same way.
+
+    JAX ends those processes from C++ with SIGABRT, not with a Python
+    exception: a shell sees exit status 134. The default timeouts are JAX's.
 
     Args:
         processes: a `Processes` from `resolve_processes`.
@@ -554,15 +601,24 @@ def initialize_processes(processes, timeout=300, heartbeat_timeout=100):
         heartbeat_timeout: seconds of silence after which a process counts
             as dead.
 
+    Returns:
+        A random seed drawn by process 0, the same on every process. Every
+        process must build the model from the same seed, or each would
+        start from other weights: pass it (or a seed of your own) to
+        `keras.utils.set_random_seed` before building the model.
+        (`keras.distribution.initialize` sets it itself, which also sets
+        TensorFlow's global seed and so changes the order of seeded
+        `tf.data` shuffles built later; `keras_alexnet.training.train`
+        records its seed in `run.json`, and its input pipeline must not
+        depend on how the processes were started.)
+
     Example:
 
     >>> processes = resolve_processes()   # from KERAS_DISTRIBUTION_* variables
     >>> if processes is not None:
-    ...     initialize_processes(processes)
+    ...     keras.utils.set_random_seed(initialize_processes(processes))
     """
     import jax
-    import numpy as np
-    from jax.experimental import multihost_utils
 
     jax.distributed.initialize(
         coordinator_address=processes.coordinator,
@@ -570,10 +626,246 @@ def initialize_processes(processes, timeout=300, heartbeat_timeout=100):
         process_id=processes.process_id,
         initialization_timeout=timeout,
         heartbeat_timeout_seconds=heartbeat_timeout,
+        shutdown_timeout_seconds=heartbeat_timeout,
     )
-    # Every process initialises the variables and runs the same tf.data
-    # pipeline (auto-sharding slices identical global batches), so all must
-    # draw the same random numbers: process 0 picks the seed, as Keras'
-    # `initialize` agrees one. A seed set later (`Recipe.seed`) replaces it.
+    return shared_seed()
+
+
+def process_index():
+    """This process's index in a run over several processes (JAX), else 0."""
+    if keras.backend.backend() != "jax":
+        return 0
+    import jax
+
+    return jax.process_index()
+
+
+def process_count():
+    """The number of processes of the run (JAX), else 1."""
+    if keras.backend.backend() != "jax":
+        return 1
+    import jax
+
+    return jax.process_count()
+
+
+def shared_seed():
+    """A fresh random seed drawn by process 0, the same on every process.
+
+    A collective: in a run over several processes every process must call it.
+    """
+    import numpy as np
+
     seed = np.random.default_rng().integers(2**31 - 1)
-    keras.utils.set_random_seed(int(multihost_utils.broadcast_one_to_all(seed)))
+    if process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        seed = multihost_utils.broadcast_one_to_all(seed)
+    return int(seed)
+
+
+def _exchange(value):
+    """`value` (JSON) of every process, in process order.
+
+    A collective: every process must call it, as often as the others.
+    """
+    if process_count() == 1:
+        return [value]
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.array([len(data)]))
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:len(data)] = data
+    rows = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(row[:length])) for row, length in zip(rows, lengths.ravel())]
+
+
+@contextlib.contextmanager
+def start_together():
+    """Runs a block of checks on every process: all go on, or all raise.
+
+    In a run over several processes, a check that fails on one process
+    (its output folder, its data, its arguments) must stop every process
+    before the first collective, or the others would wait in it until
+    JAX's timeouts. At the end of the block the processes exchange their
+    outcomes: the one that failed raises its own error, and every other
+    raises a ValueError naming the process and its error. The block
+    yields a dict: what it puts there (the recipe, the data, the
+    checkpoint it resumes from) must be the same on every process, or all
+    raise a ValueError naming what differs from process 0. In a run of one
+    process this does nothing more than run the block.
+
+    Example:
+
+    >>> with start_together() as agreed:
+    ...     check_my_folder()
+    ...     agreed["recipe"] = dataclasses.asdict(recipe)
+    """
+    agreed = {}
+    try:
+        yield agreed
+    except Exception as error:
+        _exchange({"error": f"{type(error).__name__}: {error}"})
+        raise
+    answers = _exchange({"agreed": agreed})
+    failed = [f"process {index} stopped: {answer['error']}"
+              for index, answer in enumerate(answers) if "error" in answer]
+    if failed:
+        raise ValueError(f"Another process of this run could not start, so none does: "
+                         f"{'; '.join(failed)}")
+    reference = answers[0]["agreed"]
+    for index, answer in enumerate(answers[1:], start=1):
+        differences = _differences(reference, answer["agreed"])
+        if differences:
+            raise ValueError(
+                f"Process {index} was started with other settings than process 0 "
+                f"(give every process the same arguments and data): {'; '.join(differences)}"
+            )
+
+
+def _differences(reference, other, prefix=""):
+    """`"key: reference value vs other value"` for every leaf that differs."""
+    differences = []
+    for key in sorted(set(reference) | set(other)):
+        mine, theirs = reference.get(key), other.get(key)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            differences += _differences(mine, theirs, f"{prefix}{key}.")
+        elif mine != theirs:
+            differences.append(f"{prefix}{key}: {mine!r} (process 0) vs {theirs!r}")
+    return differences
+
+
+class LostProcessError(RuntimeError):
+    """Training stopped on this process of a run over several processes.
+
+    Most often another process died: the collective this one waited in
+    failed. JAX itself ends a process that waits in a collective when
+    another stops sending heartbeats (see `initialize_processes`).
+    """
+
+
+def model_outputs(model, images):
+    """`model(images, training=False)` as NumPy, under any `keras.distribution`.
+
+    A layout that splits the batch over devices (the hybrid model-parallel
+    mesh's `"<layer>/output"` entries) needs batches that divide over them:
+    a batch that does not (the last of a dataset) is padded with zeros for
+    the call, and the padding's outputs dropped. Outputs split over several
+    processes are gathered from all of them: a collective then, which every
+    process must call.
+
+    Args:
+        model: a Keras model.
+        images: a NumPy batch.
+    """
+    import numpy as np
+
+    rows = len(images)
+    distribution = keras.distribution.distribution()
+    padding = -rows % _batch_and_model_shape(distribution)[0] if distribution else 0
+    if padding:
+        images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
+    outputs = model(images, training=False)
+    if process_count() > 1 and not (outputs.is_fully_addressable or outputs.is_fully_replicated):
+        from jax.experimental import multihost_utils
+
+        outputs = multihost_utils.process_allgather(outputs, tiled=True)
+    return keras.ops.convert_to_numpy(outputs)[:rows]
+
+
+def wait_for_every_process(name):
+    """Returns when every process of the run has called it with `name` (a barrier)."""
+    if process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+class ModelWriter:
+    """Lets process 0 alone write a model that every process of a run trains.
+
+    `with writer.latest() as model:` gives the model to save, export or
+    checkpoint. In a run of one process it is the model itself. Over
+    several processes, every process enters `latest()` at the same points
+    of the run: process 0 gets a copy of the model on its own devices (built
+    once) holding the current value of every variable of the model and its
+    optimizer (random generator states included), and the others get None.
+    Values split over several processes (model parallelism across
+    processes) are gathered from all of them, which is why every process
+    must enter it; values every device holds whole (data parallelism) are
+    read locally. Inside, process 0 runs with no `keras.distribution` set,
+    so that Keras' saving, which creates variables of its own, and the copy
+    itself stay on this process; then it writes with Keras' own saving,
+    exactly as a run of one process does.
+
+    Args:
+        model: the compiled model being trained.
+
+    Example:
+
+    >>> writer = ModelWriter(model)
+    >>> with writer.latest() as saved:   # on every process
+    ...     if saved is not None:          # process 0
+    ...         saved.save("final.keras")
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self._copy = None
+
+    @contextlib.contextmanager
+    def latest(self):
+        if process_count() == 1:
+            yield self.model
+            return
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        values = [variable.value for variable in _variables_to_save(self.model)]
+        split = [index for index, value in enumerate(values)
+                 if not (value.is_fully_addressable or value.is_fully_replicated)]
+        if split:
+            gathered = multihost_utils.process_allgather([values[index] for index in split],
+                                                         tiled=True)
+            for index, value in zip(split, gathered):
+                values[index] = value
+        if process_index() != 0:
+            yield None
+            return
+        with _no_distribution():
+            if self._copy is None:
+                self._copy = _local_copy(self.model)
+            for target, value in zip(_variables_to_save(self._copy), values):
+                target.assign(np.asarray(value))
+            yield self._copy
+
+
+def _variables_to_save(model):
+    return list(model.variables) + list(model.optimizer.variables if model.optimizer else [])
+
+
+@contextlib.contextmanager
+def _no_distribution():
+    distribution = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(distribution)
+
+
+def _local_copy(model):
+    """A compiled copy of `model` with variables of its own (call with no distribution set)."""
+    copy = keras.models.clone_model(model)
+    if model.compiled:
+        copy.compile_from_config(model.get_compile_config())
+    if copy.optimizer is not None:
+        copy.optimizer.build(copy.trainable_variables)
+    paths = [variable.path for variable in _variables_to_save(model)]
+    copied = [variable.path for variable in _variables_to_save(copy)]
+    if paths != copied:
+        raise RuntimeError(f"The copy of {model.name} to save has other variables: "
+                           f"{sorted(set(paths) ^ set(copied))}")
+    return copy

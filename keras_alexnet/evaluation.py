@@ -1,8 +1,8 @@
 """Top-1 and top-5 error, the way the paper's tables report them, with 10-crop averaging."""
 
-import keras
 import numpy as np
 
+from keras_alexnet.distribute import model_outputs
 from keras_alexnet.models import normalizes_inputs
 
 
@@ -27,6 +27,8 @@ def predict_probabilities(model, dataset, from_logits=False):
     are averaged over the crops, as in the paper's 10-crop test. A model
     that normalises its inputs itself (`include_preprocessing=True`) needs
     batches of pixel values in [0, 255]: `EvalPreset.for_model(model)`.
+    Works under any `keras.distribution`; over several processes every
+    process passes the same dataset and gets every probability.
     """
     takes_pixels = normalizes_inputs(model)
     all_probabilities, all_labels = [], []
@@ -42,7 +44,7 @@ def predict_probabilities(model, dataset, from_logits=False):
             )
         crops = images.shape[1] if images.ndim == 5 else 1
         flat = images.reshape((-1,) + images.shape[-3:])
-        outputs = keras.ops.convert_to_numpy(model(flat, training=False)).astype("float64")
+        outputs = model_outputs(model, flat).astype("float64")
         if from_logits:
             outputs = np.exp(outputs - outputs.max(axis=1, keepdims=True))
             outputs /= outputs.sum(axis=1, keepdims=True)

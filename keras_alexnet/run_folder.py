@@ -107,13 +107,26 @@ class RunFolder:
 
     # ------------------------------------------------------------ checks
 
-    def check(self, resume=False, overwrite=False):
+    def check(self, resume=False, overwrite=False, writes=True):
         """Raises `RunFolderError` unless the folder can be used as asked; writes nothing.
 
         Returns the run's settings when the folder holds a run, else `None`.
+        `writes=False` is for a process that only reads the folder (every
+        process of a run over several processes but process 0): nothing
+        about writing is checked, and a run to resume must be readable.
         """
         if resume and overwrite:
             raise RunFolderError("Use either --resume or --overwrite, not both.")
+        if not writes:
+            settings = self.read_settings() if resume else None
+            if resume and settings is None:
+                raise RunFolderError(
+                    f"Nothing to resume: {self.path} holds no run ({SETTINGS}) that this "
+                    "process can read. Every process of a run resumes from the run folder "
+                    "process 0 writes: put it on a filesystem all of them see, or copy it "
+                    "to the same path on every machine."
+                )
+            return settings
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"The output {self.path} exists and is not a folder.")
         empty = not self.path.exists() or not any(self.path.iterdir())
@@ -191,21 +204,22 @@ class RunFolder:
         except FileNotFoundError:
             return None
 
-    def restore_checkpoint(self, model):
+    def restore_checkpoint(self, model, roll_back=True):
         """Loads the committed weights into `model` and rolls the logs back to them.
 
+        `roll_back=False` only reads: for the processes of a run over
+        several processes that do not write (all but process 0).
         Returns the checkpoint record (`epoch`: epochs done), or `None`.
         """
         checkpoint = self.read_checkpoint()
-        if checkpoint is None:
-            self.roll_back_logs(0)
-            return None
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(self.path / BACKUP / checkpoint["weights"])
-        for variable, value in zip(_random_states(model), checkpoint["random_states"]):
-            variable.assign(np.asarray(value, keras.ops.convert_to_numpy(variable).dtype))
-        self.roll_back_logs(checkpoint["epoch"])
+        if checkpoint is not None:
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            model.load_weights(self.path / BACKUP / checkpoint["weights"])
+            for variable, value in zip(_random_states(model), checkpoint["random_states"]):
+                variable.assign(np.asarray(value, keras.ops.convert_to_numpy(variable).dtype))
+        if roll_back:
+            self.roll_back_logs(checkpoint["epoch"] if checkpoint else 0)
         return checkpoint
 
     def roll_back_logs(self, epochs):

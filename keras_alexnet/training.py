@@ -9,9 +9,11 @@ The run folder (`keras_alexnet.run_folder`) holds `run.json` (the settings),
 state, epoch, the learning-rate schedule's state), `best.keras` and
 `best.json` (its score), `final.keras`, `log.csv`, `tensorboard/`, the
 names of undecodable files met in `skipped_files.txt`, and, once finished,
-`summary.json`.
+`summary.json`. In a run over several processes (`keras_alexnet.distribute`)
+process 0 alone writes it; see `train`.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,17 +24,17 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_alexnet import distribute as distribute_lib
 from keras_alexnet import evaluation
 from keras_alexnet._validation import check_positive_int
 from keras_alexnet.data_service import (STALL_TIMEOUT_SECONDS, StalledServiceWatchdog,
                                         check_dispatcher)
-from keras_alexnet.distribute import distribution_scope
 from keras_alexnet.export import check_export_target, export_saved_model
 from keras_alexnet.models import AlexNet
 from keras_alexnet.models.alexnet import validate_architecture
 from keras_alexnet.presets import EvalPreset, TrainPreset, square_bytes
 from keras_alexnet.run_folder import (BACKUP, BEST_MODEL, BEST_SCORE, FINAL_MODEL, LOG,
-                                      SKIPPED_FILES, SUMMARY, TENSORBOARD, RunFolder,
+                                      SETTINGS, SKIPPED_FILES, SUMMARY, TENSORBOARD, RunFolder,
                                       RunFolderError, write_json_atomically)
 
 # Decoded training images are kept in memory for the whole run when their
@@ -247,23 +249,36 @@ class BestModel(keras.callbacks.Callback):
     The score is kept in `best.json` beside it, so a resumed run replaces
     `best.keras` only with a better model. Written to a temporary file and
     renamed, so a kill never leaves half a model.
+
+    Args:
+        run: the `RunFolder`.
+        monitor: the score in the logs; higher is better.
+        writer: a `distribute.ModelWriter` of the model, for a run over
+            several processes (every process decides, process 0 writes);
+            by default this process saves the model it trains.
+        best: the score to beat; by default the one in the run's `best.json`.
     """
 
-    def __init__(self, run, monitor):
+    def __init__(self, run, monitor, writer=None, best=None):
         super().__init__()
         self.run = run
         self.monitor = monitor
-        previous = _read_json(run / BEST_SCORE)
-        self.best = previous["value"] if previous else -math.inf
+        self.writer = writer
+        if best is None:
+            best = _previous_best(run)
+        self.best = best
 
     def on_epoch_end(self, epoch, logs=None):
         score = (logs or {}).get(self.monitor)
         if score is None or not score > self.best:
             return
         self.best = float(score)
-        (self.run / BACKUP).mkdir(exist_ok=True)
-        temporary = self.run / BACKUP / f"partial-{BEST_MODEL}"
-        self.model.save(temporary)
+        with _model_to_save(self) as model:
+            if model is None:  # another process than process 0
+                return
+            (self.run / BACKUP).mkdir(exist_ok=True)
+            temporary = self.run / BACKUP / f"partial-{BEST_MODEL}"
+            model.save(temporary)
         os.replace(temporary, self.run / BEST_MODEL)
         write_json_atomically(self.run / BEST_SCORE,
                               {"monitor": self.monitor, "value": self.best, "epoch": epoch})
@@ -273,16 +288,27 @@ class RunCheckpoint(keras.callbacks.Callback):
     """Commits a checkpoint (weights, optimizer, epoch, schedule state) after every epoch.
 
     Put it last: when it records an epoch as done, that epoch's log row,
-    TensorBoard events and best model are already written.
+    TensorBoard events and best model are already written. `writer`: as
+    for `BestModel`.
     """
 
-    def __init__(self, run, schedule):
+    def __init__(self, run, schedule, writer=None):
         super().__init__()
         self.run = run
         self.schedule = schedule
+        self.writer = writer
 
     def on_epoch_end(self, epoch, logs=None):
-        self.run.save_checkpoint(self.model, epoch + 1, {"schedule": self.schedule.state})
+        with _model_to_save(self) as model:
+            if model is not None:
+                self.run.save_checkpoint(model, epoch + 1, {"schedule": self.schedule.state})
+
+
+def _model_to_save(callback):
+    """A context giving the callback's model to save (None on processes that do not write)."""
+    if callback.writer is None:
+        return contextlib.nullcontext(callback.model)
+    return callback.writer.latest()
 
 
 class EpochSummary(keras.callbacks.Callback):
@@ -357,6 +383,12 @@ def _read_json(path):
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
+
+
+def _previous_best(run):
+    """The best score recorded in a run's `best.json`, or -inf."""
+    previous = _read_json(run / BEST_SCORE)
+    return previous["value"] if previous else -math.inf
 
 
 # ----------------------------------------------------------------- train
@@ -469,13 +501,23 @@ def check_resume(run, settings, recipe, source):
 
 
 def train(recipe, source, output, resume=False, overwrite=False, distribute="none",
-          export=None, log=print, verbose="auto", arguments=None, data_service=None,
+          export=None, log=print, verbose="auto", arguments=None,
+          model_parallel=distribute_lib.PAPER_MODEL_PARALLEL, data_service=None,
           data_service_timeout=STALL_TIMEOUT_SECONDS):
     """Trains AlexNet on a source with a recipe; returns the summary dict.
 
     Everything is checked before the first file is written: a bad recipe,
-    source, output folder, export target or distribution raises and leaves
-    the disk as it was.
+    source, output folder, export target, distribution or model-parallel
+    layout raises and leaves the disk as it was.
+
+    Over several processes (JAX; `distribute.initialize_processes` first),
+    every process calls `train` with the same arguments and trains on its
+    part of every global batch. Process 0 alone writes the run folder and
+    the export; the others only read the run folder, to resume. The checks
+    of every process pass or all processes raise
+    (`distribute.start_together`), a recipe without a seed gets one drawn
+    by process 0 (recorded in `run.json`, so a resumed run repeats it), and
+    the call returns on every process once process 0 has written everything.
 
     Args:
         recipe: a `Recipe`.
@@ -487,46 +529,75 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
             `output` (only a keras-alexnet run's own files: a folder holding
             anything else is refused), and replace a previous SavedModel at
             `export`.
-        distribute: `"none"`, `"mirrored"` (TensorFlow) or `"data-parallel"` (JAX).
+        distribute: `"none"`, `"mirrored"` (TensorFlow), `"data-parallel"` or
+            `"model-parallel"` (JAX, over every device of every process; see
+            `keras_alexnet.distribute`).
         export: a folder to export the final model to as a SavedModel.
         log: where progress lines go.
         verbose: Keras' `fit` verbosity (progress bar).
         arguments: extra settings to record in `run.json` (train.py's data
             arguments, so `--resume` alone can rebuild the source).
+        model_parallel: the devices of the model axis with
+            `distribute="model-parallel"` (the paper's 2).
         data_service: a tf.data service dispatcher, `"grpc://host:port"`:
             its workers make the training batches (see `make_datasets`).
             Files they cannot decode are named in the workers' logs, not in
             `skipped_files.txt`; this process says when an epoch came short.
+            One training process only.
         data_service_timeout: with `data_service`, seconds without a
             training batch after which the process ends with a message and
             status `data_service.EXIT_STALLED` (a worker lost for good;
             see `data_service.StalledServiceWatchdog`).
     """
     run = RunFolder(output)
-    if export is not None:
-        check_export_target(export, overwrite)
-    settings = run.check(resume, overwrite)
-    resume_note = check_resume(run, settings, recipe, source) if resume else None
-    checkpoint = run.read_checkpoint() if resume else None
+    num_processes = distribute_lib.process_count()
+    writes = distribute_lib.process_index() == 0
+    if data_service is not None and num_processes > 1:
+        # Each process would draw its own batches from the service, not its
+        # slice of one global batch; not supported yet.
+        raise ValueError(f"data_service={data_service!r} trains one process only; this run "
+                         f"has {num_processes} processes.")
+    with distribute_lib.start_together() as agreed:
+        if export is not None and writes:
+            check_export_target(export, overwrite)
+        settings = run.check(resume, overwrite, writes=writes)
+        resume_note = check_resume(run, settings, recipe, source) if resume else None
+        checkpoint = run.read_checkpoint() if resume else None
+        best = _previous_best(run) if resume else -math.inf
+        agreed.update(recipe=dataclasses.asdict(recipe), source=source.name,
+                      class_names=source.class_names, counts=source.counts,
+                      distribute=distribute, model_parallel=model_parallel,
+                      checkpoint=checkpoint, best=best)
+    if num_processes > 1 and recipe.seed is None:
+        # Every process must shuffle, augment and initialise alike.
+        recipe = dataclasses.replace(recipe, seed=distribute_lib.shared_seed())
+        log(f"Seed {recipe.seed}, drawn by process 0 for every process (recorded in "
+            f"{run / SETTINGS}, so --resume repeats it).")
     initial_epoch = checkpoint["epoch"] if checkpoint else 0
-    scope, replicas = distribution_scope(distribute, recipe.batch_size)
+    scope, replicas = distribute_lib.distribution_scope(distribute, recipe.batch_size,
+                                                      model_parallel)
     train_data, validation, steps, eval_preset = make_datasets(
-        recipe, source, skipped_log=str(run / SKIPPED_FILES), first_epoch=initial_epoch,
-        data_service=data_service)
-
-    # Nothing was written before this line.
-    run.create(resume, overwrite)
-    run.write_settings({
-        "recipe": dataclasses.asdict(recipe), "source": source.name,
-        "class_names": source.class_names, "arguments": arguments or {},
-        "backend": keras.backend.backend(), "distribute": distribute, "replicas": replicas,
-    })
+        recipe, source, skipped_log=str(run / SKIPPED_FILES) if writes else None,
+        first_epoch=initial_epoch, data_service=data_service)
     if recipe.seed is not None:
         keras.utils.set_random_seed(recipe.seed)
     with scope:
+        # Built before anything is written: a layer too narrow to split is an error.
         model = build_model(recipe, source.num_classes)
+    writer = distribute_lib.ModelWriter(model)
+
+    # Nothing was written before this line.
+    if writes:
+        run.create(resume, overwrite)
+        run.write_settings({
+            "recipe": dataclasses.asdict(recipe), "source": source.name,
+            "class_names": source.class_names, "arguments": arguments or {},
+            "backend": keras.backend.backend(), "distribute": distribute, "replicas": replicas,
+            "model_parallel": model_parallel if distribute == "model-parallel" else None,
+            "processes": num_processes,
+        })
     if resume:
-        run.restore_checkpoint(model)
+        run.restore_checkpoint(model, roll_back=writes)
         log(f"Resuming {run.path} after epoch {initial_epoch} of {recipe.epochs}."
             + (f" {resume_note}" if resume_note else ""))
 
@@ -541,16 +612,19 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         StopOnNaN(),
         *([Validation(validation, source.num_classes)] if validation is not None else []),
         schedule,
-        keras.callbacks.CSVLogger(str(run / LOG), append=resume),
-        keras.callbacks.TensorBoard(str(run / TENSORBOARD)),
-        BestModel(run, monitor),
+        *([keras.callbacks.CSVLogger(str(run / LOG), append=resume),
+           keras.callbacks.TensorBoard(str(run / TENSORBOARD))] if writes else []),
+        BestModel(run, monitor, writer, best),
         summary_printer,
-        skipped_report,
-        RunCheckpoint(run, schedule),
+        *([skipped_report] if writes else []),
+        RunCheckpoint(run, schedule, writer),
     ]
+    where = f"run folder {run.path}"
+    if num_processes > 1:
+        where = (f"process {distribute_lib.process_index()} of {num_processes}; "
+                 + (where if writes else "process 0 writes the run folder"))
     log(f"Training AlexNet ({recipe.variant}) on {source.name}: {source.num_classes} classes, "
-        f"{source.counts}, backend {keras.backend.backend()}, {replicas} replica(s); run "
-        f"folder {run.path}."
+        f"{source.counts}, backend {keras.backend.backend()}, {replicas} replica(s); {where}."
         + (f" Training batches from the tf.data service at {data_service}."
            if data_service else ""))
     started = time.perf_counter()
@@ -567,15 +641,29 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
                 "No epoch had finished, so no checkpoint was kept (only run.json and the "
                 "logs); lower --lr and start again with --overwrite.")
         ) from None
+    except Exception as error:
+        if num_processes == 1:
+            raise
+        kept = run.read_checkpoint()
+        reason = str(error).splitlines()[0].rstrip(".")
+        raise distribute_lib.LostProcessError(
+            f"Process {distribute_lib.process_index()} of {num_processes} stopped training: "
+            f"{reason}. In a run over several processes, this is how the others learn that "
+            "one died or stopped with an error (see its output). "
+            + (f"The checkpoint after epoch {kept['epoch']} is kept; " if kept else "")
+            + "restart every process with --resume."
+        ) from error
     wall_time = time.perf_counter() - started
-    model.save(run / FINAL_MODEL)
+    with writer.latest() as final_model:
+        if final_model is not None:
+            final_model.save(run / FINAL_MODEL)
 
     result = {"top1_error": None, "top5_error": None, "examples": 0}
     if validation is not None:
         final_preset = dataclasses.replace(eval_preset, ten_crop=recipe.ten_crop)
         result = evaluation.evaluate(
             model, final_preset.dataset(source.examples("validation"), recipe.batch_size))
-    skipped = skipped_report.names()
+    skipped = skipped_report.names() if writes else []
     summary = {
         **result,
         "evaluation": "10-crop" if recipe.ten_crop else "centre crop",
@@ -585,14 +673,20 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
                               if summary_printer.images_per_second else None),
         "backend": keras.backend.backend(),
         "replicas": replicas,
+        "processes": num_processes,
         "chance_top1_error": 1 - 1 / source.num_classes,
         "skipped_files": skipped,
         "data_service": data_service,
         "final_model": str(run / FINAL_MODEL),
         "best_model": str(run / BEST_MODEL),
     }
-    if export is not None:
-        summary["export"] = export_saved_model(model, export, class_names=source.class_names,
-                                               preset=eval_preset, overwrite=overwrite)
-    write_json_atomically(run / SUMMARY, summary)
+    with writer.latest() as final_model:
+        if final_model is not None:
+            if export is not None:
+                summary["export"] = export_saved_model(final_model, export,
+                                                       class_names=source.class_names,
+                                                       preset=eval_preset, overwrite=overwrite)
+            write_json_atomically(run / SUMMARY, summary)
+    # The others return once process 0 has written everything.
+    distribute_lib.wait_for_every_process("keras_alexnet.training.train: run written")
     return summary

@@ -57,7 +57,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     images = rng.normal(size=(BATCH, 67, 67, 3)).astype("float32")
     labels = rng.integers(0, CLASSES, BATCH)
-    before = _values(model.trainable_weights)
+    before = [keras.ops.convert_to_numpy(v) for v in model.trainable_weights]
     if args.collectives:
         found = distribute.collectives(model, images, labels)
         with open(args.collectives, "w") as handle:
@@ -68,22 +68,8 @@ def main(argv=None):
     # several processes Keras gives each its slice of every batch.
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH)
     model.fit(dataset, epochs=1, shuffle=False, verbose=0)
-    after = _values(model.trainable_weights)
+    after = [keras.ops.convert_to_numpy(v) for v in model.trainable_weights]
     np.savez(args.out_file, *before, *after)
-
-
-def _values(variables):
-    """NumPy copies of `variables`, gathered from every process."""
-    import keras
-
-    if keras.backend.backend() == "jax":
-        import jax
-        from jax.experimental import multihost_utils
-
-        if jax.process_count() > 1:
-            return [np.asarray(multihost_utils.process_allgather(v.value, tiled=True))
-                    for v in variables]
-    return [keras.ops.convert_to_numpy(v) for v in variables]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Test helpers: gradients computed natively on the current backend."""
+"""Test helpers: gradients computed natively on the current backend, image folders."""
 
 import keras
 import numpy as np
+from PIL import Image
 
 
 def input_gradient(function, x, cotangent):
@@ -51,3 +52,20 @@ def layer_gradients(layer, x, cotangent):
                for value in [x, *weights]]
     loss(tensors[1:], tensors[0]).backward()
     return [keras.ops.convert_to_numpy(t.grad) for t in tensors]
+
+
+def write_colour_folder(root, colours, count, seed=0):
+    """`count` 80x80 JPEGs per class in `root/<name>/`, for `{name: (r, g, b)}`.
+
+    Classes told apart by colour, with noise and a random blob in each image.
+    """
+    rng = np.random.default_rng(seed)
+    for name, colour in colours.items():
+        (root / name).mkdir(parents=True)
+        for index in range(count):
+            pixels = np.array(colour, float) + rng.normal(0, 30, (80, 80, 3))
+            top, left = rng.integers(0, 60, 2)
+            pixels[top:top + 20, left:left + 20] = rng.uniform(0, 255, 3)
+            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+            image.save(root / name / f"{index}.jpg")
+    return root

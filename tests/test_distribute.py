@@ -1,12 +1,15 @@
-"""Distribution: one step on many devices or processes equals one step on one device,
-the model-parallel layout's communication, and the errors.
+"""Distribution: one step on many devices equals one step on one device, the
+model-parallel layout's communication, train.py over several processes, and the errors.
 
 Fake CPU devices need XLA_FLAGS before JAX starts, so every run with more
-than one device is a subprocess (`tests/distributed_step.py`).
+than one device is a subprocess (`tests/distributed_step.py`, `train.py`).
 """
 
+import csv
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -17,8 +20,11 @@ import keras
 import numpy as np
 import pytest
 
-from keras_alexnet import distribute
+import train as train_script
+from keras_alexnet import distribute, training
 from keras_alexnet.models import AlexNet
+from keras_alexnet.run_folder import RunFolder
+from tests.helpers import write_colour_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = keras.backend.backend()
@@ -151,6 +157,24 @@ def test_model_parallel_communicates_where_the_paper_does(step):
 
 
 @jax_only
+def test_collectives_leaves_the_model_as_it_was():
+    """Compiling the step builds the metrics and the optimizer, but neither trains
+    nor counts the batch in the metrics."""
+    recipe = training.Recipe(image_size=67, resize_size=67, batch_size=4, dropout=0.0,
+                             initialization="he", seed=0)
+    model = training.build_model(recipe, num_classes=4)
+    weights = [keras.ops.convert_to_numpy(weight) for weight in model.weights]
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(4, 67, 67, 3)).astype("float32")
+    assert distribute.collectives(model, images, rng.integers(0, 4, 4)) == []  # one device
+    assert model.optimizer.built and model.metrics_variables
+    for variable in model.metrics_variables:
+        assert not np.any(keras.ops.convert_to_numpy(variable)), variable.path
+    for weight, before in zip(model.weights, weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(weight), before)
+
+
+@jax_only
 def test_model_axis_must_divide_every_layer_width(tmp_path):
     # 96 filters split in 3, but conv2's 256 do not.
     result = subprocess.run(
@@ -208,7 +232,9 @@ def test_resolve_processes_from_arguments_and_environment(monkeypatch):
     monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "1")
     monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "10.0.0.1:1234,10.0.0.2:1234")
     if BACKEND != "jax":
-        with pytest.raises(ValueError, match="JAX only"):
+        # TensorFlow: why not MultiWorkerMirroredStrategy; PyTorch: what Keras adds next.
+        expected = "keras-team/keras#20585" if BACKEND == "tensorflow" else "#23418"
+        with pytest.raises(ValueError, match=expected):
             distribute.resolve_processes()
         return
     processes = distribute.resolve_processes()
@@ -247,25 +273,6 @@ def _process_environment(process_id, port):
 
 
 @jax_only
-@pytest.mark.slow
-def test_two_processes_train_like_one_process_with_two_devices(step, tmp_path):
-    """Two processes of one CPU device each, talking through gloo on localhost."""
-    port = _free_port()
-    processes = [
-        subprocess.Popen(_step_command("data-parallel", 2, tmp_path / f"{index}.npz"),
-                         cwd=ROOT, env=_process_environment(index, port),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for index in range(2)
-    ]
-    for process in processes:
-        _, errors = process.communicate(timeout=600)
-        assert process.returncode == 0, errors[-3000:]
-    two_devices = step("data-parallel", 2)
-    for index in range(2):
-        _assert_same_step(two_devices, _load_step(tmp_path / f"{index}.npz"))
-
-
-@jax_only
 def test_a_dead_process_stops_the_others(tmp_path):
     """Process 1 joins and dies: process 0 must stop with an error, not wait forever."""
     port = _free_port()
@@ -285,3 +292,286 @@ def test_a_dead_process_stops_the_others(tmp_path):
     # tests/distributed_step.py gives heartbeats 10 s.
     assert time.monotonic() - started < 120
     assert not (tmp_path / "0.npz").exists()
+
+
+# ------------------------------------------------ train.py over several processes
+
+FOUR_COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230),
+                "yellow": (230, 230, 20)}
+# Four classes, so that fc8 splits over a model axis of 2; dropout off, so
+# that every layout trains the same weights.
+RECIPE = ["--validation-fraction", "0.25", "--image-size", "67", "--resize-size", "72",
+          "--batch-size", "8", "--init", "he", "--lr", "0.003", "--dropout", "0",
+          "--steps-per-epoch", "2", "--seed", "0", "--quiet"]
+# What a run writes into its folder.
+RUN_ENTRIES = ["backup", "best.json", "best.keras", "final.keras", "log.csv", "run.json",
+               "summary.json", "tensorboard"]
+
+
+@pytest.fixture(scope="module")
+def four_colours(tmp_path_factory):
+    return write_colour_folder(tmp_path_factory.mktemp("four_colours"), FOUR_COLOURS, 12)
+
+
+@pytest.fixture(scope="module")
+def train_environment(tmp_path_factory):
+    """This environment without anything that would choose devices or processes.
+
+    The runs share JAX's compilation cache: they compile the same programs.
+    """
+    return {**{key: value for key, value in os.environ.items()
+               if key != "XLA_FLAGS" and key not in distribute.ENVIRONMENT.values()},
+            "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT),
+            "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def _train_py(*arguments):
+    return [sys.executable, str(ROOT / "train.py"), "--backend", "jax", *arguments]
+
+
+def _start_two_processes(arguments, folders, environment, process_1_arguments=()):
+    """Two train.py processes of one CPU device each, process i working in folders[i]."""
+    port = _free_port()
+    return [subprocess.Popen(
+        _train_py(*arguments, *(process_1_arguments if index else ()), "--num-processes", "2",
+                  "--process-id", str(index), "--job-addresses", f"localhost:{port}"),
+        cwd=folders[index], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for index in range(2)]
+
+
+def _finish(processes, timeout=600):
+    """(return code, stdout, stderr) of each process; kills them all after `timeout`."""
+    try:
+        return [(process, *process.communicate(timeout=timeout)) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+
+
+def _assert_succeeded(finished):
+    for process, out, errors in finished:
+        assert process.returncode == 0, (out[-2000:], errors[-3000:])
+
+
+def _epoch_lines(out):
+    """The epoch summaries without the measured speed."""
+    return [re.sub(r", \d+ images/s", "", line) for line in out.splitlines()
+            if line.startswith("epoch ")]
+
+
+def _final_weights(run_folder):
+    model = keras.saving.load_model(Path(run_folder) / "final.keras", compile=False)
+    return [keras.ops.convert_to_numpy(weight) for weight in model.weights]
+
+
+def _assert_same_weights(run_folder, reference_folder):
+    for weight, reference in zip(_final_weights(run_folder), _final_weights(reference_folder)):
+        np.testing.assert_allclose(weight, reference, rtol=1e-5, atol=1e-7)
+
+
+def _folders(tmp_path, *names):
+    folders = [tmp_path / name for name in names]
+    for folder in folders:
+        folder.mkdir()
+    return folders
+
+
+@pytest.fixture(scope="module")
+def one_process_two_devices(four_colours, tmp_path_factory, train_environment):
+    """The reference: 3 epochs of 2 steps, one process with 2 CPU devices."""
+    output = tmp_path_factory.mktemp("reference") / "run"
+    result = subprocess.run(
+        _train_py("--data", str(four_colours), *RECIPE, "--epochs", "3", "--output",
+                  str(output), "--distribute", "data-parallel", "--cpu-devices", "2"),
+        cwd=ROOT, env=train_environment, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output, result.stdout
+
+
+@jax_only
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_with_two_devices(four_colours, tmp_path,
+                                                               one_process_two_devices,
+                                                               train_environment):
+    """Each process one CPU device, talking through gloo on localhost; relative paths
+    from different folders, so that anything process 1 wrote would land in its own."""
+    reference, reference_out = one_process_two_devices
+    folders = _folders(tmp_path, "process0", "process1")
+    finished = _finish(_start_two_processes(
+        ["--data", str(four_colours), *RECIPE, "--epochs", "3", "--output", "run",
+         "--distribute", "data-parallel"], folders, train_environment))
+    _assert_succeeded(finished)
+    run = folders[0] / "run"
+    _assert_same_weights(run, reference)
+    # Every process saw every validation image and computed the same numbers.
+    (_, out0, _), (_, out1, _) = finished
+    assert _epoch_lines(out0) == _epoch_lines(out1) == _epoch_lines(reference_out)
+    assert "Process 1 of 2 done; process 0 wrote the run folder." in out1
+    # Process 0 wrote what a run of one process writes; process 1 wrote nothing.
+    assert [entry.name for entry in folders[0].iterdir()] == ["run"]
+    assert sorted(entry.name for entry in run.iterdir()) == RUN_ENTRIES
+    assert list(folders[1].rglob("*")) == []
+    settings = json.loads((run / "run.json").read_text())
+    assert (settings["processes"], settings["replicas"]) == (2, 2)
+
+
+@jax_only
+@pytest.mark.slow
+def test_a_killed_process_stops_the_other_and_the_run_resumes(four_colours, tmp_path,
+                                                              one_process_two_devices,
+                                                              train_environment):
+    reference, _ = one_process_two_devices
+    folders = _folders(tmp_path, "process0", "process1")
+    output = tmp_path / "run"
+    processes = _start_two_processes(
+        ["--data", str(four_colours), *RECIPE, "--epochs", "3", "--output", str(output),
+         "--distribute", "data-parallel", "--heartbeat-timeout", "10"], folders,
+        train_environment)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and processes[0].poll() is None:
+            checkpoint = RunFolder(output).read_checkpoint()
+            if checkpoint and checkpoint["epoch"] >= 1:
+                break
+            time.sleep(0.05)
+        assert processes[0].poll() is None, "the run ended before it could be killed"
+        processes[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        (survivor, _, errors), _ = _finish(processes, timeout=120)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    # Process 0 stops by itself: its collective fails (our message, exit code 6), or
+    # JAX ends it after 10 s without heartbeats (SIGABRT).
+    assert time.monotonic() - killed < 60
+    if survivor.returncode == train_script.LOST_PROCESS_EXIT_CODE:
+        assert "Process 0 of 2 stopped training" in errors
+        assert "restart every process with --resume" in errors
+    else:
+        assert survivor.returncode == -signal.SIGABRT, errors[-3000:]
+        assert "Terminating process because the JAX distributed service" in errors
+    assert not (output / "summary.json").exists()
+
+    # Every process again, with --resume: the run ends as the uninterrupted one.
+    resumed = _finish(_start_two_processes(
+        ["--output", str(output), "--resume", "--distribute", "data-parallel", "--quiet"],
+        folders, train_environment))
+    _assert_succeeded(resumed)
+    assert "Resuming" in resumed[0][1] and "after epoch 0 of 3" not in resumed[0][1]
+    _assert_same_weights(output, reference)
+    with open(output / "log.csv") as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [0, 1, 2]
+    assert list(folders[1].rglob("*")) == []
+
+
+@jax_only
+@pytest.mark.slow
+def test_model_parallel_over_two_processes_checkpoints_resumes_and_exports(
+        four_colours, tmp_path, one_process_two_devices, train_environment):
+    """The paper's layout split over two processes (each holds half of every layer):
+    saving gathers the halves, process 0 writes. It trains the same weights."""
+    reference, _ = one_process_two_devices
+    folders = _folders(tmp_path, "process0", "process1")
+    output = tmp_path / "run"
+    first = _finish(_start_two_processes(
+        ["--data", str(four_colours), *RECIPE, "--epochs", "1", "--output", str(output),
+         "--distribute", "model-parallel", "--model-parallel", "2"], folders,
+        train_environment))
+    _assert_succeeded(first)
+    assert RunFolder(output).read_checkpoint()["epoch"] == 1
+    more = _finish(_start_two_processes(
+        ["--output", str(output), "--resume", "--epochs", "3", "--distribute",
+         "model-parallel", "--export", "export", "--quiet"], folders, train_environment))
+    _assert_succeeded(more)
+    assert "Continuing to 3 epochs" in more[0][1]
+    _assert_same_weights(output, reference)
+    settings = json.loads((output / "run.json").read_text())
+    assert (settings["distribute"], settings["model_parallel"], settings["replicas"],
+            settings["processes"]) == ("model-parallel", 2, 1, 2)
+    assert (folders[0] / "export" / "saved_model.pb").exists()
+    assert list(folders[1].rglob("*")) == []
+
+
+@jax_only
+@pytest.mark.parametrize("process_1_arguments,message", [
+    (["--lr", "0.1"], "recipe.learning_rate: 0.003 (process 0) vs 0.1"),
+    (["--data", "/no/such/folder"], "process 1 stopped: ValueError: --data: no such folder"),
+])
+def test_every_process_checks_before_any_starts(four_colours, tmp_path, process_1_arguments,
+                                                message, train_environment):
+    """A process started differently, or whose checks fail, stops every process
+    with exit code 2 before anything is written, instead of leaving the others
+    waiting in a collective."""
+    output = tmp_path / "run"
+    finished = _finish(_start_two_processes(
+        ["--data", str(four_colours), *RECIPE, "--output", str(output), "--distribute",
+         "data-parallel"], [ROOT, ROOT], train_environment, process_1_arguments), timeout=300)
+    for process, _, errors in finished:
+        assert process.returncode == 2, errors[-3000:]
+    assert message in finished[0][2]
+    assert not output.exists()
+
+
+@jax_only
+@pytest.mark.parametrize("arguments,message", [
+    (["--cpu-devices", "2", "--model-parallel", "3"], "does not divide the 2 devices"),
+    (["--cpu-devices", "3", "--model-parallel", "3"],
+     "conv2/kernel has 256 outputs, which do not split evenly over the 3 devices"),
+])
+def test_train_py_refuses_a_model_axis_that_does_not_split(four_colours, tmp_path, arguments,
+                                                           message, train_environment):
+    output = tmp_path / "run"
+    result = subprocess.run(
+        _train_py("--data", str(four_colours), *RECIPE, "--output", str(output),
+                  "--distribute", "model-parallel", *arguments),
+        cwd=ROOT, env=train_environment, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert message in result.stderr
+    assert not output.exists()
+
+
+PROCESSES = ["--num-processes", "2", "--process-id", "0", "--job-addresses",
+             "localhost:1234,localhost:1235"]
+
+
+@pytest.mark.parametrize("arguments,messages", [
+    (["--distribute", "data-parallel", "--num-processes", "2", "--process-id", "2",
+      "--job-addresses", "a:1,b:1"], {"any": "in [0, 1]"}),
+    (["--distribute", "data-parallel", "--num-processes", "3", "--process-id", "0",
+      "--job-addresses", "a:1,b:1"], {"any": "2 job addresses for 3 processes"}),
+    (["--distribute", "data-parallel", *PROCESSES],
+     {"tensorflow": "MultiWorkerMirroredStrategy", "torch": "keras-team/keras#23418"}),
+    (["--distribute", "mirrored", *PROCESSES], {"tensorflow": "keras-team/keras#20585"}),
+    (["--distribute", "none", *PROCESSES], {"jax": "needs --distribute data-parallel"}),
+    (["--distribute", "model-parallel"],
+     {"tensorflow": "needs --backend jax", "torch": "no distribution API"}),
+    (["--distribute", "data-parallel", "--model-parallel", "2"],
+     {"tensorflow": "needs --backend jax", "torch": "no distribution API",
+      "jax": "--model-parallel sets the model axis"}),
+    (["--heartbeat-timeout", "5"], {"any": "--heartbeat-timeout is for a run over"}),
+])
+def test_train_py_refuses_bad_distribution_arguments(arguments, messages, tmp_path,
+                                                     monkeypatch, capsys):
+    """Checked before any device is touched: in this process, on every backend."""
+    message = messages.get("any", messages.get(BACKEND))
+    if message is None:
+        pytest.skip(f"a valid combination on the {BACKEND} backend")
+    for variable in distribute.ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    output = tmp_path / "run"
+    assert train_script.main(["--output", str(output), *arguments]) == 2
+    assert message in capsys.readouterr().err
+    assert not output.exists()
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TF_CONFIG is TensorFlow's")
+def test_a_tf_config_cluster_is_refused_on_tensorflow(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["localhost:1234", "localhost:1235"]},
+        "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(ValueError, match="MultiWorkerMirroredStrategy"):
+        distribute.resolve_processes()

@@ -17,6 +17,7 @@ from PIL import Image
 import train as train_script
 from keras_alexnet import training
 from keras_alexnet.run_folder import RunFolder
+from tests.helpers import write_colour_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = keras.backend.backend()
@@ -28,17 +29,7 @@ FAST = ["--validation-fraction", "0.25", "--image-size", "67", "--resize-size", 
 @pytest.fixture(scope="module")
 def colour_folder(tmp_path_factory):
     """Three classes told apart by colour, with noise and random blobs."""
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir()
-        for index in range(24):
-            pixels = np.array(colour, float) + rng.normal(0, 30, (80, 80, 3))
-            top, left = rng.integers(0, 60, 2)
-            pixels[top:top + 20, left:left + 20] = rng.uniform(0, 255, 3)
-            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-            image.save(root / name / f"{index}.jpg")
-    return root
+    return write_colour_folder(tmp_path_factory.mktemp("colours"), COLOURS, 24)
 
 
 def run_train(*arguments, backend=BACKEND, env=None, cwd=ROOT):
@@ -297,17 +288,23 @@ def seven_validation_images(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("distribute,backend", [("mirrored", "tensorflow"),
-                                                ("data-parallel", "jax")])
+@pytest.mark.parametrize("distribute,backend", [
+    (["mirrored"], "tensorflow"),
+    (["data-parallel"], "jax"),
+    # A batch axis of 2 under the model-parallel layout, which splits the
+    # activations' batch too: the last, partial batch must still divide.
+    pytest.param(["model-parallel", "--model-parallel", "1"], "jax",
+                 marks=pytest.mark.slow),
+], ids=["mirrored", "data-parallel", "model-parallel"])
 def test_distributed_validation_sees_every_image_once(seven_validation_images, tmp_path,
                                                       distribute, backend):
     if BACKEND != backend:
-        pytest.skip(f"{distribute} runs on the {backend} backend")
+        pytest.skip(f"{distribute[0]} runs on the {backend} backend")
     for batch_size in ("8", "4"):  # smaller than one batch; a last partial batch
         output = tmp_path / batch_size
         result = run_train("--data", str(seven_validation_images), "--output", str(output),
                            *FAST, "--batch-size", batch_size, "--epochs", "1",
-                           "--steps-per-epoch", "2", "--distribute", distribute,
+                           "--steps-per-epoch", "2", "--distribute", *distribute,
                            "--cpu-devices", "2")
         assert result.returncode == 0, result.stderr[-3000:]
         assert "ran out of data" not in result.stderr
