@@ -7,6 +7,7 @@
     python train.py --backend jax --distribute data-parallel --cpu-devices 2
     python train.py --output runs/demo-20261123-101500 --resume     # continue a killed run
     python train.py --export exports/alexnet/1        # SavedModel at the end
+    python train.py --data ~/caltech101 --fine-tune bvlc_alexnet.caffemodel --freeze conv5
 
 Without a data argument it trains on the embedded default dataset (10 classes
 of generated shape images, written as JPEG files on first use) with demo
@@ -58,7 +59,8 @@ def parse_arguments(argv=None):
     data.add_argument("--validation-fraction", type=float,
                       help="held out per class when there is no validation split (0.1).")
     recipe = parser.add_argument_group("model and recipe (defaults: the paper)")
-    recipe.add_argument("--variant", choices=("original", "one_weird_trick"))
+    recipe.add_argument("--variant", choices=("original", "one_weird_trick", "zfnet"),
+                        help="(original; with --fine-tune the weights file's)")
     recipe.add_argument("--image-size", type=int, help="crop size (227; demo 67).")
     recipe.add_argument("--resize-size", type=int,
                         help="short side before cropping (256; demo: image size x 256/227).")
@@ -81,6 +83,14 @@ def parse_arguments(argv=None):
     recipe.add_argument("--steps-per-epoch", type=int, help="cap on steps per epoch.")
     recipe.add_argument("--ten-crop", action="store_true", default=None,
                         help="final evaluation with the paper's 10 crops.")
+    transfer = parser.add_argument_group("transfer learning (ZFNet §5.2)")
+    transfer.add_argument("--fine-tune", metavar="WEIGHTS",
+                          help="start from a pretrained weights file (.weights.h5, "
+                               ".caffemodel, .pth) with a new fc8 for this data's classes; "
+                               "the variant and LRN constants follow the file.")
+    transfer.add_argument("--freeze", metavar="UP_TO_LAYER",
+                          help="with --fine-tune: keep this layer and every one before it "
+                               "as pretrained, e.g. conv5.")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--output", help="run folder (default: runs/<data>-<date>-<time>).")
     outputs.add_argument("--resume", action="store_true",
@@ -182,6 +192,8 @@ def main(argv=None):
         parser.error("--resume needs --output: the run folder to continue.")
     if args.data:
         args.data = os.path.abspath(os.path.expanduser(args.data))
+    if args.fine_tune:
+        args.fine_tune = os.path.abspath(os.path.expanduser(args.fine_tune))
     configure_environment(args)
 
     import keras
