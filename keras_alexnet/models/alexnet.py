@@ -35,11 +35,12 @@ _PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
 # Per variant: conv filters, (kernel, stride) of conv1 and conv2, conv2/4/5
 # groups, LRN after blocks 1-2 and whether it comes after the pooling
 # (ZFNet) or before it (AlexNet), how conv1 is padded ("centred": only what
-# a valid conv1 needs, see `conv1_padding`; an int: that many on each side;
-# "overhang": see below), whether dropout comes before (torchvision) or
-# after (papers) fc6/fc7, and the layers whose bias "paper" initialises to 1.
+# a valid conv1 needs, see `conv1_padding`; an int: that many on each side),
+# whether windows overhang (see below), whether dropout comes before
+# (torchvision) or after (papers) fc6/fc7, and the layers whose bias
+# "paper" initialises to 1.
 #
-# "overhang": Zeiler and Fergus trained with an implementation based on
+# `overhang`: Zeiler and Fergus trained with an implementation based on
 # Krizhevsky's cuda-convnet, whose convolution and pooling windows may
 # overhang the bottom and right edges: `1 + ceil((size - window) / stride)`
 # outputs (cuda-convnet's layer.py), which is what figure 3's sizes need at
@@ -50,19 +51,19 @@ _PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
 _SPECS = {
     "original": dict(
         filters=(96, 256, 384, 384, 256), conv1=(11, 4), conv2=(5, 1), groups=2, lrn=True,
-        lrn_after_pool=False, conv1_padding="centred", dropout_before_fc=False,
-        paper_bias_one=_PAPER_BIAS_ONE,
+        lrn_after_pool=False, conv1_padding="centred", overhang=False,
+        dropout_before_fc=False, paper_bias_one=_PAPER_BIAS_ONE,
     ),
     "one_weird_trick": dict(
         filters=(64, 192, 384, 256, 256), conv1=(11, 4), conv2=(5, 1), groups=1, lrn=False,
-        lrn_after_pool=False, conv1_padding=2, dropout_before_fc=True,
+        lrn_after_pool=False, conv1_padding=2, overhang=False, dropout_before_fc=True,
         paper_bias_one=_PAPER_BIAS_ONE,
     ),
     # Zeiler & Fergus, figure 3 and §3: "All weights are initialized to
     # 10^-2 and biases are set to 0."
     "zfnet": dict(
         filters=(96, 256, 384, 384, 256), conv1=(7, 2), conv2=(5, 2), groups=1, lrn=True,
-        lrn_after_pool=True, conv1_padding="overhang", dropout_before_fc=False,
+        lrn_after_pool=True, conv1_padding=None, overhang=True, dropout_before_fc=False,
         paper_bias_one=(),
     ),
 }
@@ -72,7 +73,17 @@ _CAFFE_FC_STD = 0.005
 
 
 def initializers(initialization, layer_name, variant="original"):
-    """Kernel and bias initialisers of one layer under a named scheme (see `AlexNet`)."""
+    """Kernel and bias initialisers of one layer under a named scheme.
+
+    Args:
+        initialization: `"paper"`, `"caffe"`, `"glorot"` or `"he"` (see `AlexNet`).
+        layer_name: e.g. `"conv2"` or `"fc8"`.
+        variant: the `AlexNet` variant, whose paper says which biases start at 1.
+
+    Example:
+
+    >>> kernel_init, bias_init = initializers("paper", "fc8", "zfnet")
+    """
     if initialization == "glorot":
         return "glorot_uniform", "zeros"
     if initialization == "he":
@@ -94,8 +105,14 @@ def overhang_padding(size, window, stride):
 
     `1 + ceil((size - window) / stride)` windows, the last one overhanging
     the end: ZFNet's sizes (see `_SPECS`). For a side of unknown size
-    (`None`), `stride - 1` zeros after, which gives that size whatever it is
-    (a window that would start in the padding alone never fits).
+    (`None`), `stride - 1` zeros after, which gives that many windows for
+    every size (none of them starting in the padding, for windows at least
+    as large as the stride, as ZFNet's are).
+
+    Example:
+
+    >>> overhang_padding(224, 7, 2)   # conv1: 1 + ceil(217 / 2) = 110
+    (0, 1)
     """
     if size is None:
         return (0, stride - 1)
@@ -115,9 +132,10 @@ def conv1_padding(size, variant="original"):
     its last window overhangs (`overhang_padding`): 224 gets (0, 1), which
     reaches the paper's 110x110.
     """
-    rule = _SPECS[variant]["conv1_padding"]
-    if rule == "overhang":
-        return overhang_padding(size, *_SPECS[variant]["conv1"])
+    spec = _SPECS[variant]
+    if spec["overhang"]:
+        return overhang_padding(size, *spec["conv1"])
+    rule = spec["conv1_padding"]
     if rule != "centred":
         return (rule, rule)
     if size is None:
@@ -139,7 +157,7 @@ def _padding(variant, layer_name, size, window, stride):
     """Zero padding `(before, after)` of one side of a downsampling layer's input."""
     if layer_name == "conv1":
         return conv1_padding(size, variant)
-    if _SPECS[variant]["conv1_padding"] == "overhang":
+    if _SPECS[variant]["overhang"]:
         return overhang_padding(size, window, stride)
     return (0, 0)
 
