@@ -581,10 +581,14 @@ def test_plots_draw_every_panel(model, monkeypatch):
     neighbors = images_at(images, [[1, 0], [0, 1]])
     figure = plotting.plot_predictions(images, classes, probabilities, list("abcde"), neighbors)
     assert len(figure.axes) == 2 * 4
-    assert [tick.get_text() for tick in figure.axes[1].get_yticklabels()] == [
+    assert [text.get_text() for text in figure.axes[1].texts] == [
         "abcde"[index] for index in classes[0]]
     figure = plotting.plot_kernels(model)
     np.testing.assert_allclose(figure.axes[0].images[0].get_array(), kernel_mosaic(model))
+    # Drawn, the mosaic fills the figure's width: no margins beside it.
+    figure.canvas.draw()
+    left, _, right, _ = figure.axes[0].get_window_extent().extents
+    assert (left, right) == pytest.approx((0, figure.bbox.width), abs=1)
     maps = occlusion_sensitivity(model, images[0], size=20, stride=10)
     assert len(plotting.plot_occlusion(images[0], maps).axes[0].images) == 1
     figure = plotting.plot_images(images[:1].repeat(5, axis=0), columns=3)
