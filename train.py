@@ -198,7 +198,7 @@ def main(argv=None):
 
     import keras
 
-    from keras_alexnet import data, training
+    from keras_alexnet import data, distribute, training
     from keras_alexnet.run_folder import RunFolder, RunFolderError
 
     print(f"Keras backend: {keras.backend.backend()}")
@@ -209,16 +209,16 @@ def main(argv=None):
         if args.data and not os.path.isdir(os.path.expanduser(args.data)):
             raise ValueError(f"--data: no such folder: {args.data}")
         recipe = make_recipe(args, training, recorded)
-        distribute = args.distribute or "none"
-        training.check_distribution(distribute)
+        distribution = args.distribute or "none"
+        distribute.check_distribution(distribution)
         if args.cpu_devices and keras.backend.backend() == "tensorflow":
-            training.split_cpu_for_tensorflow(args.cpu_devices)
+            distribute.split_cpu_for_tensorflow(args.cpu_devices)
         source = data.from_arguments(args.data, args.dataset, args.data_dir, args.manual_dir,
                                      0.1 if args.validation_fraction is None
                                      else args.validation_fraction)
         summary = training.train(
             recipe, source, output, resume=args.resume, overwrite=args.overwrite,
-            distribute=distribute, export=args.export,
+            distribute=distribution, export=args.export,
             verbose=0 if args.quiet else "auto",
             arguments={key: getattr(args, key) for key in DATA_ARGUMENTS},
         )

@@ -1,5 +1,11 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
+import pytest
 import torch
 from keras.src import testing
 
@@ -114,3 +120,17 @@ class GroupedConv2DTest(testing.TestCase):
         restored = GroupedConv2D.from_config(layer.get_config())
         self.assertEqual(restored.implementation, "split")
         self.assertEqual(restored.groups, 2)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax",
+                    reason="filters split over devices by keras.distribution: JAX only")
+def test_filters_split_over_devices_match_keras_conv2d():
+    # Four fake devices need XLA_FLAGS before JAX starts: a subprocess.
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.sharded_grouped_conv2d"], cwd=root,
+        env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(root),
+             "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -298,36 +298,6 @@ def test_torch_distribution_is_a_clear_error(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def _distributed_weights(distribute, devices, tmp_path, backend):
-    out_file = tmp_path / f"{devices}.npz"
-    env = {**os.environ, "KERAS_BACKEND": backend,
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.distributed_step", distribute, str(devices),
-         str(out_file)], cwd=ROOT, env=env, capture_output=True, text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    with np.load(out_file) as archive:
-        return [archive[key] for key in sorted(archive.files, key=lambda k: int(k[4:]))]
-
-
-@pytest.mark.parametrize("distribute,backend", [("mirrored", "tensorflow"),
-                                                ("data-parallel", "jax")])
-def test_two_devices_step_equals_one_device_step(distribute, backend, tmp_path):
-    if BACKEND != backend:
-        pytest.skip(f"{distribute} runs on the {backend} backend")
-    single = _distributed_weights(distribute, 1, tmp_path, backend)
-    double = _distributed_weights(distribute, 2, tmp_path, backend)
-    half = len(single) // 2
-    for before_1, before_2 in zip(single[:half], double[:half]):
-        np.testing.assert_array_equal(before_1, before_2)  # same start
-    moved = 0
-    for after_1, after_2, before in zip(single[half:], double[half:], single[:half]):
-        np.testing.assert_allclose(after_2, after_1, rtol=1e-4, atol=1e-6)
-        moved += not np.allclose(after_1, before)
-    assert moved == half  # every weight was updated
-
-
 @pytest.fixture(scope="module")
 def seven_validation_images(tmp_path_factory):
     """train/ with 66 images and val/ with 7 (3 + 2 + 2): not a multiple of anything."""
@@ -363,11 +333,6 @@ def test_distributed_validation_sees_every_image_once(seven_validation_images, t
         assert float(row["val_top1"]) * 7 == pytest.approx(round(float(row["val_top1"]) * 7))
         summary = json.loads((output / "summary.json").read_text())
         assert summary["examples"] == 7 and summary["replicas"] == 2
-
-
-def test_batch_must_divide_over_devices():
-    with pytest.raises(ValueError, match="multiple of 3"):
-        training._check_divisible(128, 3)
 
 
 def test_recipe_defaults_are_the_paper():

@@ -21,6 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
@@ -174,3 +175,44 @@ def local_response_norm(x, axis, size, alpha, beta, k):
     channels_last = jnp.moveaxis(x, axis, -1)
     outputs = _local_response_norm(channels_last, size, alpha, beta, k)
     return jnp.moveaxis(outputs, -1, axis)
+
+
+def filter_split_conv2d(inputs, kernel, convolve, mesh, batch_axis, filter_axis,
+                        split_inputs, devices_per_group=None):
+    """`convolve(inputs, kernel)` run by each device on its own shard.
+
+    The kernel (channels-last, `(kh, kw, in / groups, filters)`) is split on
+    its filters over `mesh`'s `filter_axis` and the batch over `batch_axis`
+    (None: not split); the output is split like the filters. With
+    `split_inputs` the input channels arrive split over `filter_axis` too.
+    `devices_per_group=None` means each device holds whole groups, and its
+    input channels are exactly its groups': no communication. Otherwise
+    each device gathers the input channels (an all-gather, whose gradient is
+    a reduce-scatter) and convolves those of the group it holds filters of.
+    """
+    channels_split = PartitionSpec(batch_axis, None, None, filter_axis)
+
+    def per_device(x, k):
+        if devices_per_group is not None:
+            if split_inputs:
+                x = lax.all_gather(x, filter_axis, axis=3, tiled=True)
+            group_channels = k.shape[2]
+            if group_channels != x.shape[3]:
+                group = lax.axis_index(filter_axis) // devices_per_group
+                x = lax.dynamic_slice_in_dim(x, group * group_channels, group_channels, 3)
+        if batch_axis is not None:
+            # Each device's kernel gradient covers its part of the batch;
+            # marking the kernel as varying over the batch axis makes the
+            # gradient sum them (a psum), also through `conv2d`'s own rule.
+            k = lax.pcast(k, batch_axis, to="varying")
+        return convolve(x, k)
+
+    return jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(
+            channels_split if split_inputs else PartitionSpec(batch_axis, None, None, None),
+            PartitionSpec(None, None, None, filter_axis),
+        ),
+        out_specs=channels_split,
+    )(inputs, kernel)

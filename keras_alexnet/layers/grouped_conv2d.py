@@ -95,13 +95,73 @@ class GroupedConv2D(keras.layers.Conv2D):
         return outputs
 
     def convolution_op(self, inputs, kernel):
-        if self.groups > 1 and self._resolved_implementation() == "native":
+        layout = self._filter_split_layout()
+        if layout is not None:
+            return self._per_device_convolution(inputs, kernel, layout)
+        return self._grouped_convolution(inputs, kernel, self.groups)
+
+    def _filter_split_layout(self):
+        """The kernel's `TensorLayout` when a `keras.distribution` splits this
+        layer's filters, and nothing else, over a device-mesh axis whose size
+        divides or is a multiple of `groups`; else None."""
+        if keras.backend.backend() != "jax" or self.data_format != "channels_last":
+            return None
+        distribution = keras.distribution.distribution()
+        if distribution is None:
+            return None
+        layout = distribution.get_variable_layout(self.kernel)
+        if layout is None:
+            return None
+        *other_axes, filter_axis = layout.axes
+        if filter_axis is None or any(other_axes):
+            return None
+        mesh = layout.device_mesh
+        devices = mesh.shape[mesh.axis_names.index(filter_axis)]
+        if self.groups % devices and devices % self.groups:
+            return None
+        return layout
+
+    def _per_device_convolution(self, inputs, kernel, layout):
+        # XLA's partitioner does not split a grouped convolution by groups:
+        # for a kernel split on its filters it gathers the whole kernel and
+        # input on every device, and it cannot tell that slicing a group out
+        # of a channel-split tensor is one device's shard. So each device
+        # convolves its own shard inside `jax.shard_map`: with whole groups
+        # per device (conv2/4/5 over 2 devices) that needs no communication;
+        # otherwise (conv3; groups split over several devices) each device
+        # gathers the input channels and convolves its group's.
+        from keras_alexnet.layers import _jax_kernels
+
+        mesh = layout.device_mesh
+        filter_axis = layout.axes[-1]
+        devices = mesh.shape[mesh.axis_names.index(filter_axis)]
+        batch_axis = keras.distribution.distribution().batch_dim_name
+        batch_devices = (mesh.shape[mesh.axis_names.index(batch_axis)]
+                         if batch_axis in mesh.axis_names else 1)
+        if batch_devices == 1 or inputs.shape[0] % batch_devices:
+            # Not split (e.g. a last, smaller batch): every device takes all of it.
+            batch_axis = None
+        whole_groups = self.groups % devices == 0
+        return _jax_kernels.filter_split_conv2d(
+            ops.convert_to_tensor(inputs),
+            ops.convert_to_tensor(kernel),
+            lambda x, k: self._grouped_convolution(
+                x, k, self.groups // devices if whole_groups else 1),
+            mesh.backend_mesh,
+            batch_axis,
+            filter_axis,
+            split_inputs=inputs.shape[-1] % devices == 0,
+            devices_per_group=None if whole_groups else devices // self.groups,
+        )
+
+    def _grouped_convolution(self, inputs, kernel, groups):
+        if groups > 1 and self._resolved_implementation() == "native":
             return super().convolution_op(inputs, kernel)
-        if self.groups == 1:
+        if groups == 1:
             return self._single_group_convolution(inputs, kernel)
         channel_axis = -1 if self.data_format == "channels_last" else 1
-        input_groups = ops.split(inputs, self.groups, axis=channel_axis)
-        kernel_groups = ops.split(kernel, self.groups, axis=-1)
+        input_groups = ops.split(inputs, groups, axis=channel_axis)
+        kernel_groups = ops.split(kernel, groups, axis=-1)
         towers = [
             self._single_group_convolution(group_inputs, group_kernel)
             for group_inputs, group_kernel in zip(input_groups, kernel_groups)
