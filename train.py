@@ -13,6 +13,7 @@
     python train.py --data ~/images --prepare ~/images-256   # the paper's 256x256, once
     python train.py --data ~/images-256               # train from the prepared folder
     python train.py --data ~/images-256 --data-service grpc://host:5050  # remote pipeline
+    python train.py --data ~/caltech101 --fine-tune bvlc_alexnet.caffemodel --freeze conv5
 
 Without a data argument it trains on the embedded default dataset (10 classes
 of generated shape images, written as JPEG files on first use) with demo
@@ -97,7 +98,8 @@ def parse_arguments(argv=None):
                       help="with --data-service: stop (exit code 5) after this long without "
                            "a training batch, e.g. a worker lost for good (600).")
     recipe = parser.add_argument_group("model and recipe (defaults: the paper)")
-    recipe.add_argument("--variant", choices=("original", "one_weird_trick"))
+    recipe.add_argument("--variant", choices=("original", "one_weird_trick", "zfnet"),
+                        help="(original; with --fine-tune the weights file's)")
     recipe.add_argument("--image-size", type=int, help="crop size (227; demo 67).")
     recipe.add_argument("--resize-size", type=int,
                         help="short side before cropping (256; demo: image size x 256/227).")
@@ -120,6 +122,14 @@ def parse_arguments(argv=None):
     recipe.add_argument("--steps-per-epoch", type=int, help="cap on steps per epoch.")
     recipe.add_argument("--ten-crop", action="store_true", default=None,
                         help="final evaluation with the paper's 10 crops.")
+    transfer = parser.add_argument_group("transfer learning (ZFNet §5.2)")
+    transfer.add_argument("--fine-tune", metavar="WEIGHTS",
+                          help="start from a pretrained weights file (.weights.h5, "
+                               ".caffemodel, .pth) with a new fc8 for this data's classes; "
+                               "the variant and LRN constants follow the file.")
+    transfer.add_argument("--freeze", metavar="UP_TO_LAYER",
+                          help="with --fine-tune: keep this layer and every one before it "
+                               "as pretrained, e.g. conv5.")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--output", help="run folder (default: runs/<data>-<date>-<time>).")
     outputs.add_argument("--resume", action="store_true",
@@ -284,6 +294,8 @@ def main(argv=None):
         args.data = os.path.abspath(os.path.expanduser(args.data))
     if args.prepare:
         args.prepare = os.path.abspath(os.path.expanduser(args.prepare))
+    if args.fine_tune:
+        args.fine_tune = os.path.abspath(os.path.expanduser(args.fine_tune))
     configure_environment(args)
 
     import keras

@@ -2,8 +2,8 @@
 
 
 def torch_alexnet(variant, classes):
-    """AlexNet written directly in PyTorch: the paper's (Caffe's bvlc_alexnet)
-    or torchvision's layout, with state-dict keys as in torchvision."""
+    """AlexNet written directly in PyTorch: the paper's (Caffe's bvlc_alexnet),
+    torchvision's layout or ZFNet, with state-dict keys as in torchvision."""
     import torch.nn as nn
 
     if variant == "original":
@@ -19,15 +19,21 @@ def torch_alexnet(variant, classes):
             nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(),
             nn.MaxPool2d(3, 2),
         ]
-        classifier = [
-            nn.Identity(), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(),
-            nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, classes),
+    elif variant == "zfnet":
+        # Zeiler & Fergus, figure 3, with cuda-convnet's output sizes: conv1's last
+        # window reads one zero past the edge, pooling rounds up (ceil_mode).
+        features = [
+            nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 96, 7, stride=2), nn.ReLU(),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0),
+            nn.Conv2d(96, 256, 5, stride=2), nn.ReLU(),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0),
+            nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
         ]
-        # Keys of weighted layers in this Sequential.
-        names = {"features.0": "conv1", "features.4": "conv2",
-                 "features.8": "conv3", "features.10": "conv4",
-                 "features.12": "conv5", "classifier.1": "fc6",
-                 "classifier.4": "fc7", "classifier.6": "fc8"}
     else:  # torchvision.models.alexnet, AdaptiveAvgPool2d omitted (identity at 224)
         features = [
             nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
@@ -36,11 +42,21 @@ def torch_alexnet(variant, classes):
             nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
         ]
-        classifier = [
-            nn.Dropout(), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(),
-            nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, classes),
-        ]
-        names = None  # torchvision's own keys
+    # torchvision puts dropout before fc6 and fc7, the papers after them; an
+    # identity stands for the flatten, so the keys are torchvision's.
+    classifier = [
+        nn.Dropout() if variant == "one_weird_trick" else nn.Identity(),
+        nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(),
+        nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, classes),
+    ]
+    names = None  # torchvision's own keys
+    if variant != "one_weird_trick":  # keys of the weighted layers in these Sequentials
+        keys = [f"features.{index}" for index, module in enumerate(features)
+                if isinstance(module, nn.Conv2d)]
+        keys += [f"classifier.{index}" for index, module in enumerate(classifier)
+                 if isinstance(module, nn.Linear)]
+        layers = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+        names = dict(zip(keys, layers))
 
     class Reference(nn.Module):
         def __init__(self):

@@ -16,8 +16,9 @@ from keras_alexnet.models import AlexNet
 __version__ = "0.1.0"
 
 # Imported on first access (PEP 562), so `import keras_alexnet` stays light.
-SUBMODULES = ("augment", "convert", "data", "evaluation", "export", "imagenet", "layers",
-              "models", "predict", "presets", "run_folder", "training", "visualize")
+SUBMODULES = ("augment", "convert", "data", "data_service", "distribute", "evaluation", "export",
+              "imagenet", "layers", "models", "predict", "presets", "run_folder", "training",
+              "visualize")
 LAZY_ATTRIBUTES = {"export_saved_model": "export", "decode_predictions": "imagenet"}
 
 __all__ = ["AlexNet", "decode_predictions", "export_saved_model", "__version__", *SUBMODULES]

@@ -3,6 +3,8 @@
     from keras_alexnet import data, training
     source = data.image_folder("~/images")
     summary = training.train(training.Recipe(epochs=30), source, "runs/mine")
+    # ZFNet §5.2: a pretrained network, a new fc8, conv1-conv5 kept as they are.
+    transfer = training.Recipe(fine_tune="bvlc_alexnet.caffemodel", freeze="conv5")
 
 The run folder (`keras_alexnet.run_folder`) holds `run.json` (the settings),
 `backup/` (the checkpoint a killed run resumes from: weights, optimizer
@@ -24,14 +26,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_alexnet import convert, evaluation
 from keras_alexnet import distribute as distribute_lib
-from keras_alexnet import evaluation
 from keras_alexnet._validation import check_positive_int
 from keras_alexnet.data_service import (STALL_TIMEOUT_SECONDS, StalledServiceWatchdog,
                                         check_dispatcher)
 from keras_alexnet.export import check_export_target, export_saved_model
 from keras_alexnet.models import AlexNet
-from keras_alexnet.models.alexnet import validate_architecture
+from keras_alexnet.models.alexnet import initializers, validate_architecture
 from keras_alexnet.presets import EvalPreset, TrainPreset, square_bytes
 from keras_alexnet.run_folder import (BACKUP, BEST_MODEL, BEST_SCORE, FINAL_MODEL, LOG,
                                       SETTINGS, SKIPPED_FILES, SUMMARY, TENSORBOARD, RunFolder,
@@ -45,7 +47,7 @@ CACHE_BYTES = 2 * 1024**3
 RESUMABLE_CHANGES = ("epochs",)
 
 __all__ = ["Recipe", "NaNLossError", "RunFolderError", "train", "build_model",
-           "make_datasets"]
+           "make_datasets", "fine_tuned_model", "check_fine_tune"]
 
 
 class NaNLossError(RuntimeError):
@@ -66,9 +68,23 @@ class Recipe:
     on every kernel adds `wd * w` to the gradient before momentum. Keras'
     `SGD(weight_decay=...)` is decoupled (applied outside momentum), which is
     a different rule. Biases are not decayed (as in Caffe's bvlc_alexnet).
+
+    `variant`: `None` is `"original"`, or with `fine_tune` the weights
+    file's (see `keras_alexnet.AlexNet`).
+
+    Transfer learning (ZFNet §5.2, https://arxiv.org/abs/1311.2901: an
+    ImageNet network with a new softmax layer trained on Caltech-101/256):
+    `fine_tune` is a weights file that `AlexNet(weights=...)` reads
+    (`.weights.h5`, `.caffemodel`, `.pth` / `.pt`; a relative path is made
+    absolute). The run trains that network at `image_size` with a new fc8
+    for the data's classes (see `fine_tuned_model`); the variant, LRN
+    constants and input normalisation follow the file. `freeze` names the
+    last layer that is not trained (e.g. `"conv5"`): it and every layer
+    before it keep the file's weights exactly. A resumed run reads the file
+    again for its architecture, so keep it where it was.
     """
 
-    variant: str = "original"
+    variant: str = None
     image_size: int = 227
     resize_size: int = 256
     epochs: int = 90
@@ -87,6 +103,8 @@ class Recipe:
     steps_per_epoch: int = None
     ten_crop: bool = False
     seed: int = None
+    fine_tune: str = None
+    freeze: str = None
 
     def __post_init__(self):
         for name in ("image_size", "resize_size", "epochs", "batch_size", "lr_patience"):
@@ -108,6 +126,13 @@ class Recipe:
         if not isinstance(self.max_lr_drops, int) or self.max_lr_drops < 0:
             raise ValueError(f"`max_lr_drops` must be >= 0. Received: {self.max_lr_drops!r}")
         validate_architecture(self.variant, self.initialization, self.dropout)
+        if self.freeze is not None and self.fine_tune is None:
+            raise ValueError(
+                "`freeze` keeps pretrained layers as they are, so it needs `fine_tune`: "
+                f"the weights file to start from. Received: freeze={self.freeze!r}"
+            )
+        if self.fine_tune is not None:
+            self.fine_tune = os.path.abspath(os.path.expanduser(os.fspath(self.fine_tune)))
         # Validates the augmentation settings before any data is touched.
         TrainPreset(crop_size=self.image_size, resize_size=self.resize_size,
                     lighting_std=self.lighting_std, policy=self.policy)
@@ -117,33 +142,144 @@ class Recipe:
 
 
 def apply_weight_decay(model, weight_decay):
-    """Adds the paper's weight decay (an L2 penalty wd/2 ||w||^2) to every kernel.
+    """Adds the paper's weight decay (an L2 penalty wd/2 ||w||^2) to every trained kernel.
 
     The regulariser is set on each layer (`kernel_regularizer`, so it is part
     of the layer's config and a reloaded `.keras` model keeps it) and on its
     kernel variable (where Keras collects the penalty from a built layer).
+    Frozen layers (`trainable=False`) are left out: their penalty would be a
+    constant added to the loss.
     """
     if weight_decay == 0:
         return
     for layer in model.layers:
         kernel = getattr(layer, "kernel", None)
-        if kernel is not None:
+        if kernel is not None and layer.trainable:
             regularizer = keras.regularizers.L2(weight_decay / 2)
             layer.kernel_regularizer = regularizer
             kernel.regularizer = regularizer
 
 
-def build_model(recipe, num_classes):
-    """The compiled AlexNet of a recipe (call inside the distribution scope)."""
-    if recipe.mixed_precision:
-        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    model = AlexNet(
+def takes_pixel_values(pretrained):
+    """Whether a model fine-tuned from `pretrained` normalises its inputs itself.
+
+    True when the weights file records the pixel statistics its network was
+    trained with (Caffe's and torchvision's files, and `.weights.h5` files
+    converted from them): the model then starts with a
+    `keras.layers.Normalization` of those (`include_preprocessing=True`) and
+    the presets leave the pixels in [0, 255] (`normalize=False`), so every
+    image is normalised exactly once. A `.weights.h5` saved by
+    `model.save_weights` after training with the presets' normalisation
+    records none and is fed as such.
+
+    Example:
+
+    >>> takes_pixel_values(convert.read_weights("bvlc_alexnet.caffemodel"))
+    True
+    """
+    return pretrained is not None and pretrained.pixel_mean is not None
+
+
+def fine_tuned_model(recipe, num_classes, pretrained=None):
+    """The pretrained network of `recipe.fine_tune` with a new fc8 (ZFNet §5.2).
+
+    Every layer but fc8 is built and loaded from the file as
+    `AlexNet(weights=recipe.fine_tune)` would (its variant, LRN constants and
+    input normalisation, see `takes_pixel_values`), at the recipe's image
+    size; fc8 is a new softmax layer of `num_classes` units initialised as
+    `recipe.initialization` says. The layers up to and including
+    `recipe.freeze` are frozen (`trainable=False`).
+
+    Args:
+        recipe: a `Recipe` with `fine_tune` set.
+        num_classes: the new dataset's number of classes.
+        pretrained: the file already read (`convert.read_weights`), to read
+            it only once.
+
+    Returns:
+        An uncompiled `keras.Model` named `alexnet`.
+
+    Raises:
+        ValueError: the file cannot be read or does not fit the recipe (a
+            different variant, an fc6 that reads another image size), or
+            `recipe.freeze` is not a layer before fc8 (the message lists them).
+
+    Example:
+
+    >>> recipe = Recipe(fine_tune="bvlc_alexnet.caffemodel", freeze="conv5")
+    >>> model = fine_tuned_model(recipe, num_classes=101)   # Caltech-101
+    """
+    if pretrained is None:
+        pretrained = convert.read_weights(recipe.fine_tune)
+    base = AlexNet(
         variant=recipe.variant,
+        weights=pretrained,
         input_shape=(recipe.image_size, recipe.image_size, 3),
-        classes=num_classes,
         dropout=recipe.dropout,
         initialization=recipe.initialization,
+        include_preprocessing=takes_pixel_values(pretrained),
     )
+    variant = pretrained.variant or recipe.variant or "original"
+    kernel_init, bias_init = initializers(recipe.initialization, "fc8", variant)
+    classifier = keras.layers.Dense(num_classes, activation="softmax",
+                                    kernel_initializer=kernel_init,
+                                    bias_initializer=bias_init, name="fc8")
+    model = keras.Model(base.input, classifier(base.get_layer("fc8").input), name=base.name)
+    if recipe.freeze is not None:
+        layers = model.layers[1:]  # after the input layer
+        names = [layer.name for layer in layers[:-1]]  # fc8 is always trained
+        if recipe.freeze not in names:
+            raise ValueError(
+                "`freeze` must name a layer of the fine-tuned model before fc8 (the new "
+                f"classifier, always trained): {', '.join(names)}. "
+                f"Received: freeze={recipe.freeze!r}"
+            )
+        for layer in layers[:names.index(recipe.freeze) + 1]:
+            layer.trainable = False
+    return model
+
+
+def check_fine_tune(recipe, num_classes):
+    """Reads `recipe.fine_tune` and builds `fine_tuned_model` once, to fail early.
+
+    `train` calls it before it writes anything, so a file that does not fit
+    or a wrong `freeze` leaves the output folder as it was.
+
+    Returns:
+        The `PretrainedWeights` read (pass them to `build_model`), or `None`
+        without `fine_tune`.
+
+    Example:
+
+    >>> recipe = Recipe(fine_tune="bvlc_alexnet.caffemodel", freeze="conv9")
+    >>> check_fine_tune(recipe, num_classes=101)
+    ValueError: `freeze` must name a layer of the fine-tuned model before fc8 ...
+    """
+    if recipe.fine_tune is None:
+        return None
+    pretrained = convert.read_weights(recipe.fine_tune)
+    fine_tuned_model(recipe, num_classes, pretrained)
+    return pretrained
+
+
+def build_model(recipe, num_classes, pretrained=None):
+    """The compiled AlexNet of a recipe (call inside the distribution scope).
+
+    With `recipe.fine_tune`, `fine_tuned_model` (`pretrained`: the file
+    already read by `check_fine_tune`).
+    """
+    if recipe.mixed_precision:
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    if recipe.fine_tune is not None:
+        model = fine_tuned_model(recipe, num_classes, pretrained)
+    else:
+        model = AlexNet(
+            variant=recipe.variant,
+            input_shape=(recipe.image_size, recipe.image_size, 3),
+            classes=num_classes,
+            dropout=recipe.dropout,
+            initialization=recipe.initialization,
+        )
     apply_weight_decay(model, recipe.weight_decay)
     model.compile(
         optimizer=keras.optimizers.SGD(recipe.learning_rate, momentum=recipe.momentum),
@@ -394,11 +530,14 @@ def _previous_best(run):
 # ----------------------------------------------------------------- train
 
 
-def make_datasets(recipe, source, skipped_log=None, first_epoch=0, data_service=None):
+def make_datasets(recipe, source, skipped_log=None, first_epoch=0, normalize=True,
+                  data_service=None):
     """The training and validation datasets of a recipe, and the steps per epoch.
 
     `first_epoch`: the (Keras) epoch a resumed run starts at; the training
     batches then continue where the uninterrupted run's would be.
+    `normalize=False` leaves pixel values in [0, 255], for a model that
+    normalises its inputs itself (`takes_pixel_values`).
     `data_service`: the address of a tf.data service dispatcher
     (`"grpc://host:port"`) whose workers then make the training batches
     (`TrainPreset.epochs`); validation stays on this machine.
@@ -413,7 +552,16 @@ def make_datasets(recipe, source, skipped_log=None, first_epoch=0, data_service=
     file order is shuffled every epoch before decoding and a shuffle buffer
     of decoded squares bounded by `presets.SHUFFLE_BUFFER_BYTES` mixes
     neighbours.
+
+    TensorFlow's global seed is cleared first (`tf.random.set_seed(None)`):
+    `tf.data` shuffles combine their seeds with it, and fail on the presets'
+    per-epoch seeds while it is 0, so a previous seeded run in the same
+    process (`keras.utils.set_random_seed(0)`) would change this run's data
+    or stop it. The datasets are those of a fresh process.
     """
+    import tensorflow as tf
+
+    tf.random.set_seed(None)
     count = source.counts.get("train")
     if count is not None and count < recipe.batch_size:
         raise ValueError(
@@ -421,8 +569,10 @@ def make_datasets(recipe, source, skipped_log=None, first_epoch=0, data_service=
             f"{recipe.batch_size}; use a smaller --batch-size."
         )
     train_preset = TrainPreset(crop_size=recipe.image_size, resize_size=recipe.resize_size,
-                               lighting_std=recipe.lighting_std, policy=recipe.policy)
-    eval_preset = EvalPreset(crop_size=recipe.image_size, resize_size=recipe.resize_size)
+                               lighting_std=recipe.lighting_std, policy=recipe.policy,
+                               normalize=normalize)
+    eval_preset = EvalPreset(crop_size=recipe.image_size, resize_size=recipe.resize_size,
+                             normalize=normalize)
     if data_service is not None:
         check_dispatcher(data_service)
         if count is None:
@@ -564,6 +714,7 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         resume_note = check_resume(run, settings, recipe, source) if resume else None
         checkpoint = run.read_checkpoint() if resume else None
         best = _previous_best(run) if resume else -math.inf
+        pretrained = check_fine_tune(recipe, source.num_classes)
         agreed.update(recipe=dataclasses.asdict(recipe), source=source.name,
                       class_names=source.class_names, counts=source.counts,
                       distribute=distribute, model_parallel=model_parallel,
@@ -578,12 +729,13 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
                                                       model_parallel)
     train_data, validation, steps, eval_preset = make_datasets(
         recipe, source, skipped_log=str(run / SKIPPED_FILES) if writes else None,
-        first_epoch=initial_epoch, data_service=data_service)
+        first_epoch=initial_epoch, normalize=not takes_pixel_values(pretrained),
+        data_service=data_service)
     if recipe.seed is not None:
         keras.utils.set_random_seed(recipe.seed)
     with scope:
         # Built before anything is written: a layer too narrow to split is an error.
-        model = build_model(recipe, source.num_classes)
+        model = build_model(recipe, source.num_classes, pretrained)
     writer = distribute_lib.ModelWriter(model)
 
     # Nothing was written before this line.
@@ -619,11 +771,17 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         *([skipped_report] if writes else []),
         RunCheckpoint(run, schedule, writer),
     ]
+    variant = (pretrained.variant if pretrained else None) or recipe.variant or "original"
+    if pretrained is not None:
+        trained = sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
+        log(f"Fine-tuning {recipe.fine_tune}: a new fc8 for {source.num_classes} classes"
+            + (f", layers up to {recipe.freeze} frozen" if recipe.freeze else "")
+            + f"; {trained:,} of {model.count_params():,} parameters trained.")
     where = f"run folder {run.path}"
     if num_processes > 1:
         where = (f"process {distribute_lib.process_index()} of {num_processes}; "
                  + (where if writes else "process 0 writes the run folder"))
-    log(f"Training AlexNet ({recipe.variant}) on {source.name}: {source.num_classes} classes, "
+    log(f"Training AlexNet ({variant}) on {source.name}: {source.num_classes} classes, "
         f"{source.counts}, backend {keras.backend.backend()}, {replicas} replica(s); {where}."
         + (f" Training batches from the tf.data service at {data_service}."
            if data_service else ""))

@@ -32,6 +32,25 @@ PAPER_TABLE = {
 LAYER_NAMES = ["conv1", "lrn1", "pool1", "conv2", "lrn2", "pool2", "conv3", "conv4",
                "conv5", "pool5", "flatten", "fc6", "drop6", "fc7", "drop7", "fc8"]
 
+# Zeiler & Fergus 2013, figure 3 (224x224 input), parameters computed by hand:
+# kh * kw * in * out + out for a convolution, in * out + out for a dense layer.
+ZFNET_TABLE = {
+    "conv1": ((110, 110, 96), 7 * 7 * 3 * 96 + 96),           # 14,208
+    "pool1": ((55, 55, 96), 0),
+    "lrn1": ((55, 55, 96), 0),
+    "conv2": ((26, 26, 256), 5 * 5 * 96 * 256 + 256),         # 614,656
+    "pool2": ((13, 13, 256), 0),
+    "lrn2": ((13, 13, 256), 0),
+    "conv3": ((13, 13, 384), 3 * 3 * 256 * 384 + 384),        # 885,120
+    "conv4": ((13, 13, 384), 3 * 3 * 384 * 384 + 384),        # 1,327,488
+    "conv5": ((13, 13, 256), 3 * 3 * 384 * 256 + 256),        # 884,992
+    "pool5": ((6, 6, 256), 0),
+    "fc6": ((4096,), 6 * 6 * 256 * 4096 + 4096),              # 37,752,832
+    "fc7": ((4096,), 4096 * 4096 + 4096),                      # 16,781,312
+    "fc8": ((1000,), 4096 * 1000 + 1000),                      # 4,097,000
+}
+ZFNET_PARAMETERS = 62_357_608  # the sum of the table
+
 
 def test_original_matches_paper_table():
     model = AlexNet()
@@ -56,6 +75,73 @@ def test_224_input_reaches_55x55_with_the_same_parameters():
     assert model.count_params() == 60_965_224
 
 
+def test_zfnet_matches_the_paper_table():
+    model = AlexNet(variant="zfnet")
+    assert sum(params for _, params in ZFNET_TABLE.values()) == ZFNET_PARAMETERS
+    assert model.count_params() == ZFNET_PARAMETERS
+    assert model.input_shape == (None, 224, 224, 3)
+    for name, (shape, params) in ZFNET_TABLE.items():
+        layer = model.get_layer(name)
+        assert tuple(layer.output.shape[1:]) == shape, name
+        assert layer.count_params() == params, name
+    # ReLU, pool, then contrast normalisation; no groups; one zero row and column
+    # after the image where the paper's sizes need an overhanging window.
+    assert [layer.name for layer in model.layers[1:12]] == [
+        "conv1_pad", "conv1", "pool1_pad", "pool1", "lrn1", "conv2", "pool2_pad", "pool2",
+        "lrn2", "conv3", "conv4"]
+    for name in ("conv1_pad", "pool1_pad", "pool2_pad"):
+        assert model.get_layer(name).padding == ((0, 1), (0, 1)), name
+    assert model.get_layer("conv1").strides == model.get_layer("conv2").strides == (2, 2)
+    assert all(model.get_layer(f"conv{index}").groups == 1 for index in range(1, 6))
+    for name in ("lrn1", "lrn2"):  # AlexNet's constants, across feature maps
+        layer = model.get_layer(name)
+        assert (layer.size, layer.alpha, layer.beta, layer.k, layer.axis) == (5, 1e-4, 0.75,
+                                                                             2.0, -1)
+
+
+def test_zfnet_block_1_against_numpy():
+    """conv1 -> ReLU -> 3x3/2 max pool -> LRN across maps, with cuda-convnet's
+    windows computed in NumPy: the last window of conv1 and of pool1 overhangs the
+    edge, the convolution reading zeros there and the pooling ignoring it."""
+    keras.utils.set_random_seed(0)
+    model = AlexNet(variant="zfnet", include_top=False, input_shape=(52, 52, 3),
+                    initialization="he")
+    x = np.random.default_rng(1).normal(size=(2, 52, 52, 3))
+    kernel, bias = (keras.ops.convert_to_numpy(w).astype("float64")
+                    for w in model.get_layer("conv1").weights)
+    # conv1: 1 + ceil((52 - 7) / 2) = 24 windows, starting at 0, 2, ..., 46.
+    padded = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    conv = np.zeros((2, 24, 24, 96))
+    for i in range(7):
+        for j in range(7):
+            conv += padded[:, i:i + 47:2, j:j + 47:2] @ kernel[i, j]
+    relu = np.maximum(conv + bias, 0)
+    # pool1: 1 + ceil((24 - 3) / 2) = 12 windows; the last covers rows 22-23 only.
+    outside = np.pad(relu, ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=-np.inf)
+    pooled = np.stack([outside[:, i:i + 23:2, j:j + 23:2] for i in range(3) for j in range(3)]
+                      ).max(axis=0)
+    squares = np.pad(pooled**2, ((0, 0), (0, 0), (0, 0), (2, 2)))
+    expected = pooled / (2 + 1e-4 * sum(squares[..., c:c + 96] for c in range(5))) ** 0.75
+    lrn1 = keras.Model(model.input, model.get_layer("lrn1").output)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(lrn1(x.astype("float32"))),
+                               expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_zfnet_of_unknown_size_matches_the_fixed_sizes():
+    """With height and width None every stride-2 layer pads one zero after; that
+    gives each size exactly what the fixed-size model pads only where needed."""
+    keras.utils.set_random_seed(0)
+    dynamic = AlexNet(variant="zfnet", include_top=False, input_shape=(None, None, 3),
+                      initialization="he")
+    for size in (52, 67, 101):
+        fixed = AlexNet(variant="zfnet", include_top=False, input_shape=(size, size, 3))
+        fixed.set_weights(dynamic.get_weights())
+        x = np.random.default_rng(size).normal(size=(1, size, size, 3)).astype("float32")
+        expected = keras.ops.convert_to_numpy(fixed(x))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(dynamic(x)), expected,
+                                   rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
 def test_one_weird_trick_matches_torchvision_layout():
     model = AlexNet(variant="one_weird_trick")
     assert model.count_params() == 61_100_840
@@ -66,7 +152,8 @@ def test_one_weird_trick_matches_torchvision_layout():
         model.get_layer("lrn1")
 
 
-@pytest.mark.parametrize("variant,size", [("original", 227), ("one_weird_trick", 224)])
+@pytest.mark.parametrize("variant,size", [("original", 227), ("one_weird_trick", 224),
+                                          ("zfnet", 224)])
 def test_logits_match_pytorch_reference(variant, size):
     """Same weights in an AlexNet written directly in PyTorch give the same logits."""
     torch.manual_seed(0)
@@ -127,6 +214,16 @@ def test_initialization(initialization):
         np.testing.assert_array_equal(bias, np.full_like(bias, expected_bias), err_msg=name)
 
 
+def test_zfnet_paper_initialization_has_zero_biases():
+    """Zeiler & Fergus §3: weights 1e-2 (here N(0, 0.01)), all biases 0."""
+    keras.utils.set_random_seed(0)
+    model = AlexNet(variant="zfnet", input_shape=(67, 67, 3))
+    for name in ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]:
+        kernel, bias = (keras.ops.convert_to_numpy(w) for w in model.get_layer(name).weights)
+        assert kernel.std() == pytest.approx(0.01, rel=0.05), name
+        np.testing.assert_array_equal(bias, np.zeros_like(bias), err_msg=name)
+
+
 def test_keras_saving_round_trip(tmp_path):
     model = AlexNet(input_shape=(99, 99, 3), classes=5)
     x = np.random.default_rng(0).uniform(0, 1, (2, 99, 99, 3)).astype("float32")
@@ -146,6 +243,12 @@ def test_weights_argument_loads_a_weights_file(tmp_path):
     path = str(tmp_path / "alexnet.weights.h5")
     model.save_weights(path)
     loaded = AlexNet(input_shape=(99, 99, 3), classes=5, weights=path)
+    for saved, restored in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved),
+                                      keras.ops.convert_to_numpy(restored))
+    # Without `classes`, fc8's width is read from the file.
+    loaded = AlexNet(input_shape=(99, 99, 3), weights=path)
+    assert loaded.output_shape == (None, 5)
     for saved, restored in zip(model.weights, loaded.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved),
                                       keras.ops.convert_to_numpy(restored))
@@ -171,7 +274,10 @@ def test_invalid_arguments(kwargs, message):
 
 
 def test_minimum_input_size_is_the_smallest_that_builds():
-    for variant in ("original", "one_weird_trick"):
+    # By hand for zfnet: pool5 needs 2 rows after pool2, so 4 after conv2, 10 after
+    # pool1, 20 after conv1 (1 + ceil((n - 7) / 2) >= 20): n >= 44.
+    assert minimum_input_size("zfnet") == 44
+    for variant in ("original", "one_weird_trick", "zfnet"):
         size = minimum_input_size(variant)
         model = AlexNet(variant=variant, include_top=False, input_shape=(size, size, 3))
         assert model.output_shape == (None, 1, 1, 256)

@@ -12,7 +12,7 @@ from keras_alexnet import AlexNet
 from tests.cross_backend_logits import ARCHITECTURE
 
 BACKENDS = ("tensorflow", "jax", "torch")
-VARIANTS = ("original", "one_weird_trick")
+VARIANTS = ("original", "one_weird_trick", "zfnet")
 ROOT = Path(__file__).resolve().parents[1]
 
 

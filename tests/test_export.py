@@ -44,7 +44,16 @@ def model():
     return AlexNet(input_shape=(SIZE, SIZE, 3), classes=len(CLASSES), initialization="glorot")
 
 
-def test_export_reloads_in_plain_tensorflow(model, tmp_path):
+@pytest.fixture(scope="module")
+def zfnet_model():
+    keras.utils.set_random_seed(0)
+    return AlexNet(variant="zfnet", input_shape=(SIZE, SIZE, 3), classes=len(CLASSES),
+                   initialization="glorot")
+
+
+@pytest.mark.parametrize("fixture", ["model", "zfnet_model"])
+def test_export_reloads_in_plain_tensorflow(fixture, request, tmp_path):
+    model = request.getfixturevalue(fixture)
     path = export_saved_model(model, tmp_path / "alexnet" / "1", class_names=CLASSES)
     assert (tmp_path / "alexnet" / "1" / "assets" / "class_names.txt").read_text().split() \
         == CLASSES

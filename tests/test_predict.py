@@ -1,7 +1,6 @@
 """`python -m keras_alexnet.predict` and a SavedModel export of pretrained weights,
 checked against Caffe's semantics (tests/caffe_reference.py)."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 import train as train_script
-from keras_alexnet import training
+from keras_alexnet import AlexNet, data, training
 from keras_alexnet.run_folder import RunFolder
+from tests.caffe_reference import bvlc_alexnet_layers, random_weights, write_caffemodel
 from tests.helpers import write_colour_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,6 +227,21 @@ def test_seeded_runs_repeat_exactly(colour_folder, tmp_path):
     assert rows_a == rows_b
 
 
+def test_seeded_data_does_not_depend_on_an_earlier_run_in_the_process(colour_folder):
+    """A seeded run leaves the global seeds set (`keras.utils.set_random_seed`), and
+    tf.data shuffles combine TensorFlow's with their own (and fail on the presets'
+    per-epoch seeds while it is 0): the next run still gets a fresh process's data."""
+    source = data.image_folder(colour_folder, validation_fraction=0.25)
+    recipe = training.Recipe(image_size=67, resize_size=72, batch_size=16, seed=0)
+    first_batches = []
+    for earlier_seed in (0, 1):
+        keras.utils.set_random_seed(earlier_seed)
+        train, _, _, _ = training.make_datasets(recipe, source)
+        first_batches.append([np.asarray(part) for part in next(iter(train))])
+    for a, b in zip(*first_batches):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_resume_takes_its_settings_from_run_json(colour_folder, tmp_path):
     output = tmp_path / "run"
     started = run_train("--data", str(colour_folder), "--output", str(output), *FAST,
@@ -413,3 +429,149 @@ def test_train_turns_tensorflow_onednn_on_unless_the_user_chose(monkeypatch):
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     train.configure_environment(args)
     assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+
+
+# ------------------------------------------------------------- fine-tuning
+
+
+@pytest.fixture(scope="module")
+def small_caffemodel(tmp_path_factory):
+    """bvlc_alexnet's layers (Caffe's LRN constants and mean) with random weights,
+    fc6 sized for 67x67 crops (pool5 1x1), 10 classes."""
+    path = tmp_path_factory.mktemp("pretrained") / "small.caffemodel"
+    write_caffemodel(path, bvlc_alexnet_layers(random_weights(0, classes=10, pool5_size=1)))
+    return path
+
+
+def layer_weights(model, names):
+    return {name: [keras.ops.convert_to_numpy(weight) for weight in model.get_layer(name).weights]
+            for name in names}
+
+
+CONVOLUTIONS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+
+def test_fine_tune_freezes_what_it_loaded_trains_a_new_fc8_and_resumes(
+        colour_folder, small_caffemodel, tmp_path):
+    output = tmp_path / "run"
+    result = run_train("--data", str(colour_folder), "--fine-tune", str(small_caffemodel),
+                       "--freeze", "conv5", "--epochs", "1", "--steps-per-epoch", "3",
+                       "--output", str(output), *FAST)
+    # Validation ran: it refuses normalised images for a model that normalises itself.
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "a new fc8 for 3 classes, layers up to conv5 frozen" in result.stdout
+    recorded = json.loads((output / "run.json").read_text())["recipe"]
+    assert (recorded["fine_tune"], recorded["freeze"]) == (str(small_caffemodel), "conv5")
+
+    # The file's network: Caffe's LRN constants, and its mean subtracted in the model.
+    pretrained = AlexNet(weights=str(small_caffemodel), input_shape=(67, 67, 3),
+                         include_preprocessing=True)
+    loaded = layer_weights(pretrained, [*CONVOLUTIONS, "fc6", "fc7"])
+    after_one = keras.saving.load_model(output / "final.keras")
+    assert after_one.output_shape == (None, 3)
+    assert after_one.layers[1].name == "preprocessing" and after_one.get_layer("lrn1").k == 1.0
+    for name, weights in layer_weights(after_one, [*CONVOLUTIONS, "fc6", "fc7"]).items():
+        for trained, original in zip(weights, loaded[name]):
+            if name in CONVOLUTIONS:  # frozen: bit for bit the file's
+                np.testing.assert_array_equal(trained, original, err_msg=name)
+            else:
+                assert not np.array_equal(trained, original), name
+
+    resumed = run_train("--output", str(output), "--resume", "--epochs", "2", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming" in resumed.stdout and "Fine-tuning" in resumed.stdout
+    assert [int(row["epoch"]) for row in log_rows(output)] == [0, 1]
+    after_two = keras.saving.load_model(output / "final.keras")
+    for name, weights in layer_weights(after_two, [*CONVOLUTIONS, "fc8"]).items():
+        for trained, first in zip(weights, layer_weights(after_one, [name])[name]):
+            if name in CONVOLUTIONS:
+                np.testing.assert_array_equal(trained, first, err_msg=name)
+            else:
+                assert not np.array_equal(trained, first), name
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--freeze", "conv9"], "before fc8 (the new classifier, always trained): preprocessing, "
+                            "conv1, lrn1, pool1, conv2, lrn2, pool2, conv3, conv4, conv5, pool5, "
+                            "flatten, fc6, drop6, fc7, drop7. Received: freeze='conv9'"),
+    (["--image-size", "99", "--resize-size", "110"], "fc6 reads pool5 flattened"),  # 67x67 fc6
+])
+def test_fine_tune_mistakes_exit_2_and_write_nothing(colour_folder, small_caffemodel, tmp_path,
+                                                     arguments, message):
+    output = tmp_path / "run"
+    result = run_train("--data", str(colour_folder), "--fine-tune", str(small_caffemodel),
+                       "--output", str(output), *FAST, *arguments)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert not output.exists()
+
+
+def _small_torchvision_file(path):
+    """torchvision's AlexNet keys with random weights, fc6 sized for 67x67 crops."""
+    import torch
+
+    shapes = {"features.0": (64, 3, 11, 11), "features.3": (192, 64, 5, 5),
+              "features.6": (384, 192, 3, 3), "features.8": (256, 384, 3, 3),
+              "features.10": (256, 256, 3, 3), "classifier.1": (4096, 256),
+              "classifier.4": (4096, 4096), "classifier.6": (1000, 4096)}
+    generator = torch.Generator().manual_seed(0)
+    state_dict = {}
+    for prefix, shape in shapes.items():
+        state_dict[f"{prefix}.weight"] = torch.randn(shape, generator=generator) * 0.01
+        state_dict[f"{prefix}.bias"] = torch.randn(shape[0], generator=generator) * 0.01
+    torch.save(state_dict, path)
+    return str(path)
+
+
+def test_fine_tuned_model_follows_the_weights_file(tmp_path):
+    small = dict(image_size=67, resize_size=76)
+    # torchvision's file: its variant, its normalisation in the model, only fc8 trained.
+    pth = _small_torchvision_file(tmp_path / "alexnet.pth")
+    recipe = training.Recipe(**small, fine_tune=pth, freeze="fc7")
+    model = training.build_model(recipe, num_classes=4)
+    assert [layer.name for layer in model.layers[1:4]] == ["preprocessing", "conv1_pad", "conv1"]
+    assert "lrn1" not in [layer.name for layer in model.layers]
+    assert sorted(weight.path for weight in model.trainable_weights) == ["fc8/bias", "fc8/kernel"]
+    assert len(model.losses) == 1  # frozen kernels are not decayed: fc8's alone
+    assert model.output_shape == (None, 4)
+    reference = AlexNet(weights=pth, input_shape=(67, 67, 3))
+    for name, weights in layer_weights(reference, [*CONVOLUTIONS, "fc6", "fc7"]).items():
+        for value, expected in zip(layer_weights(model, [name])[name], weights):
+            np.testing.assert_array_equal(value, expected, err_msg=name)
+    assert training.takes_pixel_values(training.check_fine_tune(recipe, 4))
+
+    # A zfnet saved by model.save_weights records nothing: the recipe's variant,
+    # and the presets' normalisation (no preprocessing layer).
+    keras.utils.set_random_seed(0)
+    zfnet = AlexNet(variant="zfnet", input_shape=(67, 67, 3), classes=5, initialization="he")
+    zfnet.save_weights(tmp_path / "zfnet.weights.h5")
+    recipe = training.Recipe(**small, variant="zfnet", fine_tune=tmp_path / "zfnet.weights.h5")
+    model = training.fine_tuned_model(recipe, num_classes=3)
+    assert model.get_layer("conv1").kernel.shape == (7, 7, 3, 96)
+    assert model.layers[1].name == "conv1" and model.output_shape == (None, 3)
+    assert all(layer.trainable for layer in model.layers)
+    for name, weights in layer_weights(zfnet, [*CONVOLUTIONS, "fc6", "fc7"]).items():
+        for value, expected in zip(layer_weights(model, [name])[name], weights):
+            np.testing.assert_array_equal(value, expected, err_msg=name)
+    assert not training.takes_pixel_values(training.check_fine_tune(recipe, 3))
+
+    with pytest.raises(ValueError, match="variant='one_weird_trick'. Received: variant='zfnet'"):
+        training.fine_tuned_model(training.Recipe(**small, variant="zfnet", fine_tune=pth), 3)
+    with pytest.raises(ValueError, match="Received: freeze='fc8'"):
+        training.fine_tuned_model(training.Recipe(**small, fine_tune=pth, freeze="fc8"), 3)
+    with pytest.raises(ValueError, match="needs `fine_tune`"):
+        training.Recipe(freeze="conv5")
+
+
+def test_presets_leave_pixels_for_a_model_that_normalises_itself(colour_folder):
+    source = data.image_folder(colour_folder, validation_fraction=0.25)
+    recipe = training.Recipe(image_size=67, resize_size=72, batch_size=16, seed=0)
+    for normalize in (True, False):
+        train, validation, _, preset = training.make_datasets(recipe, source,
+                                                               normalize=normalize)
+        assert preset.normalize == normalize
+        for images, _ in (next(iter(train)), next(iter(validation))):
+            # Normalised pixels lie within about (0 - 0.5) / 0.22 and (1 - 0.4) / 0.22;
+            # PCA lighting may push the [0, 255] training pixels a little below 0.
+            scale = np.abs(np.asarray(images)).max()
+            assert scale < 4 if normalize else scale > 100

@@ -19,12 +19,13 @@ from keras_alexnet.visualize import (
 )
 from tests.helpers import input_gradient
 
-SIZE = 67  # the smallest input both variants take whole: no asymmetric conv1 padding
+SIZE = 67  # the smallest input both AlexNets take whole: no asymmetric conv1 padding
+VARIANTS = ("original", "one_weird_trick", "zfnet")
 
 
-def small_alexnet(variant="original", classes=5, seed=0, **kwargs):
+def small_alexnet(variant="original", classes=5, seed=0, size=SIZE, **kwargs):
     keras.utils.set_random_seed(seed)
-    return AlexNet(variant=variant, input_shape=(SIZE, SIZE, 3), classes=classes,
+    return AlexNet(variant=variant, input_shape=(size, size, 3), classes=classes,
                    initialization="he", **kwargs)
 
 
@@ -165,11 +166,14 @@ def test_kernel_mosaic_tiles_each_kernel_scaled_to_its_own_range(model):
     assert (mosaic[~tiles] == 0.25).all()
 
 
-def test_one_weird_trick_kernels_form_one_block():
-    model = small_alexnet("one_weird_trick")
+@pytest.mark.parametrize("variant,shape", [
+    ("one_weird_trick", (47, 191, 3)),  # 64 11x11 kernels: 4 rows of 16, 4 * 12 - 1 by 16 * 12 - 1
+    ("zfnet", (47, 127, 3)),            # 96 7x7 kernels: 6 rows of 16, 6 * 8 - 1 by 16 * 8 - 1
+])
+def test_ungrouped_kernels_form_one_block(variant, shape):
+    model = small_alexnet(variant)
     assert kernel_groups(model) == 1
-    # 64 kernels in 4 rows of 16: 4 * 12 - 1 = 47 by 16 * 12 - 1 = 191.
-    assert kernel_mosaic(model).shape == (47, 191, 3)
+    assert kernel_mosaic(model).shape == shape
     # Independent random weights in each colour channel: 2/3 of the energy off grey.
     (saturation,) = kernel_color_saturation(model)
     assert saturation == pytest.approx(2 / 3, abs=0.05)
@@ -252,12 +256,13 @@ def test_neighbour_arguments_are_checked(model):
 # ---------------------------------------------------------- ZFNet: occlusion
 
 
-def test_occlusion_map_is_unchanged_outside_the_region_the_model_sees():
+@pytest.mark.parametrize("variant", ["original", "zfnet"])
+def test_occlusion_map_is_unchanged_outside_the_region_the_model_sees(variant):
     """An AlexNet that sees only rows [10, 77) and columns [20, 87) of a 96x96 image."""
     inputs = keras.Input((96, 96, 3))
     cropped = keras.layers.Cropping2D(((10, 19), (20, 9)))(inputs)
     keras.utils.set_random_seed(0)
-    model = AlexNet(input_tensor=cropped, classes=5, initialization="he")
+    model = AlexNet(variant=variant, input_tensor=cropped, classes=5, initialization="he")
     image = random_images(1, seed=3, size=96)[0]
     maps = occlusion_sensitivity(model, image, label=2, layer="conv5", size=12, stride=7,
                                  batch_size=50)
@@ -298,15 +303,23 @@ def test_occlusion_arguments_are_checked(model):
 # ----------------------------------------------------------- ZFNet: deconvnet
 
 
-@pytest.mark.parametrize("variant", ["original", "one_weird_trick"])
+# Per variant: an input size, conv1's stride and its zero padding (before, after).
+CONV1_GEOMETRY = {
+    "original": (SIZE, 4, (0, 0)),
+    "one_weird_trick": (SIZE, 4, (2, 2)),  # torchvision pads conv1 by 2
+    "zfnet": (68, 2, (0, 1)),  # 1 + ceil((68 - 7) / 2) = 31: the last window overhangs
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("position", ["all", "strongest"])
 def test_deconvnet_of_conv1_is_the_transposed_convolution_of_its_kernel(variant, position):
-    model = small_alexnet(variant)
-    images = random_images(2, seed=4)
+    size, stride, (before, after) = CONV1_GEOMETRY[variant]
+    model = small_alexnet(variant, size=size)
+    images = random_images(2, seed=4, size=size)
     kernel, bias = weights(model, "conv1")
-    pad = 2 if variant == "one_weird_trick" else 0  # one_weird_trick pads conv1 by 2
-    padded = np.pad(images.astype("float64"), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    activations = relu(np_conv(padded, kernel, stride=4) + bias)
+    padded = np.pad(images.astype("float64"), ((0, 0), (before, after), (before, after), (0, 0)))
+    activations = relu(np_conv(padded, kernel, stride=stride) + bias)
     channel = 7
     kept = np.zeros_like(activations[..., channel])
     for index, values in enumerate(activations[..., channel]):
@@ -317,8 +330,8 @@ def test_deconvnet_of_conv1_is_the_transposed_convolution_of_its_kernel(variant,
             kept[index][strongest] = values[strongest]
     signal = np.zeros_like(activations)
     signal[..., channel] = kept
-    expected = np_conv_transpose(signal, kernel, padded.shape, stride=4)
-    expected = expected[:, pad:pad + SIZE, pad:pad + SIZE]
+    expected = np_conv_transpose(signal, kernel, padded.shape, stride=stride)
+    expected = expected[:, before:before + size, before:before + size]
 
     projection = deconvnet(model, images, "conv1", feature_map=channel, position=position)
     assert projection.shape == images.shape
@@ -363,8 +376,8 @@ def test_deconvnet_of_conv2_goes_through_groups_lrn_and_switches(method):
     np.testing.assert_allclose(projection, expected, atol=1e-4 * np.abs(expected).max())
 
 
-def test_deconvnet_reaches_the_pixels_from_every_layer_of_both_variants():
-    for variant in ("original", "one_weird_trick"):
+def test_deconvnet_reaches_the_pixels_from_every_layer_of_every_variant():
+    for variant in VARIANTS:
         model = small_alexnet(variant)
         images = random_images(2, seed=6)
         for layer in ("conv5", "pool5", "fc7"):
@@ -413,10 +426,34 @@ def test_receptive_fields_match_hand_computed_geometry():
         receptive_field(small_alexnet(), "fc6")
 
 
-def test_pixels_outside_the_receptive_field_do_not_change_the_unit(model):
+# Hand-computed for ZFNet: 7x7/2 conv1, 3x3/2 pool1, 5x5/2 conv2, 3x3/2 pool2, then
+# 3x3 convolutions padded 1 (the offset moves back one stride each) and pool5. Its
+# paddings are all after the image, so they move no offset.
+ZFNET_RECEPTIVE_FIELDS = {
+    "conv1": (7, 2, 0), "pool1": (11, 4, 0), "lrn1": (11, 4, 0), "conv2": (27, 8, 0),
+    "pool2": (43, 16, 0), "conv3": (75, 16, -16), "conv4": (107, 16, -32),
+    "conv5": (139, 16, -48), "pool5": (171, 32, -48),
+}
+
+
+def test_zfnet_receptive_fields_match_hand_computed_geometry():
+    for shape in ((224, 224, 3), (67, 67, 3)):
+        model = AlexNet(variant="zfnet", include_top=False, input_shape=shape)
+        for layer, (size, stride, offset) in ZFNET_RECEPTIVE_FIELDS.items():
+            field = receptive_field(model, layer)
+            assert (field.size, field.stride, field.offset) == (
+                (size,) * 2, (stride,) * 2, (offset,) * 2), (shape, layer)
+
+
+@pytest.mark.parametrize("variant,box", [
+    ("original", (0, -16, 99, 83)),  # 99 pixels every 16 from -32
+    ("zfnet", (16, 0, 91, 75)),  # 75 pixels every 16 from -16
+])
+def test_pixels_outside_the_receptive_field_do_not_change_the_unit(variant, box):
+    model = small_alexnet(variant)
     field = receptive_field(model, "conv3")
-    top, left, bottom, right = field.box(2, 1)  # 99 pixels every 16 from -32
-    assert (top, left, bottom, right) == (0, -16, 99, 83)
+    top, left, bottom, right = field.box(2, 1)
+    assert (top, left, bottom, right) == box
     image = random_images(1, seed=7)
     outside = image.copy()
     mask = np.ones((SIZE, SIZE), bool)
@@ -425,7 +462,7 @@ def test_pixels_outside_the_receptive_field_do_not_change_the_unit(model):
     unit = lambda x: layer_outputs(model, "conv3", x)[0, 2, 1]  # noqa: E731
     np.testing.assert_allclose(unit(outside), unit(image), rtol=1e-5, atol=1e-6)
     # Deeper units see the whole 67x67 image: fields grow past it.
-    assert receptive_field(model, "conv5").size == (163, 163)
+    assert receptive_field(model, "conv5").size[0] > 2 * SIZE
 
 
 def test_top_activating_patches_match_brute_force(model):
@@ -459,15 +496,32 @@ def test_top_activating_patches_match_brute_force(model):
 # ---------------------------------------------------------- ZFNet: layer probe
 
 
-def test_layer_probe_beats_chance_on_the_embedded_data(tmp_path_factory):
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return data.default_dataset(root=tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.mark.parametrize("variant", ["original", "zfnet"])
+def test_layer_probe_beats_chance_on_the_embedded_data(shapes, variant):
     """Random convolutional features already separate the shape classes."""
-    source = data.default_dataset(root=tmp_path_factory.mktemp("shapes"))
-    model = small_alexnet(classes=10)
+    source = shapes
+    model = small_alexnet(variant, classes=10)
     accuracy = layer_probe(model, source, ["conv1", "conv3", "conv5"])
     assert list(accuracy) == ["conv1", "conv3", "conv5"]
     # 120 validation images in 10 classes: chance is 12 right, 30 is p < 1e-6.
     for layer, value in accuracy.items():
         assert value >= 0.25, (layer, accuracy)
+
+
+def test_layer_probe_normalises_a_source_once(shapes):
+    """A model that normalises its inputs itself gets pixel values from a Source."""
+    from keras_alexnet.visualize.probe import _train_and_validation
+
+    for include_preprocessing, scale in ((False, (0, 4)), (True, (100, 256))):
+        model = small_alexnet(include_preprocessing=include_preprocessing)
+        for split in _train_and_validation(model, shapes, batch_size=8):
+            images, _ = next(iter(split))
+            assert scale[0] < np.abs(np.asarray(images)).max() < scale[1]
 
 
 def test_layer_probe_is_ridge_regression_on_pooled_features(model):
@@ -527,10 +581,14 @@ def test_plots_draw_every_panel(model, monkeypatch):
     neighbors = images_at(images, [[1, 0], [0, 1]])
     figure = plotting.plot_predictions(images, classes, probabilities, list("abcde"), neighbors)
     assert len(figure.axes) == 2 * 4
-    assert [tick.get_text() for tick in figure.axes[1].get_yticklabels()] == [
+    assert [text.get_text() for text in figure.axes[1].texts] == [
         "abcde"[index] for index in classes[0]]
     figure = plotting.plot_kernels(model)
     np.testing.assert_allclose(figure.axes[0].images[0].get_array(), kernel_mosaic(model))
+    # Drawn, the mosaic fills the figure's width: no margins beside it.
+    figure.canvas.draw()
+    left, _, right, _ = figure.axes[0].get_window_extent().extents
+    assert (left, right) == pytest.approx((0, figure.bbox.width), abs=1)
     maps = occlusion_sensitivity(model, images[0], size=20, stride=10)
     assert len(plotting.plot_occlusion(images[0], maps).axes[0].images) == 1
     figure = plotting.plot_images(images[:1].repeat(5, axis=0), columns=3)

@@ -41,16 +41,34 @@ __all__ = [
 ]
 
 
+def _last_dense_width(handle):
+    """The output width of the last `Dense` layer in a Keras `.weights.h5`, or `None`.
+
+    Keras stores each layer's variables under `layers/<class name>[_<n>]/vars`
+    in the model's layer order, so AlexNet's fc8 is the highest-numbered
+    `dense` entry; its second variable is the bias.
+    """
+    layers = handle.get("layers", {})
+    numbers = [0 if name == "dense" else int(name[len("dense_"):]) for name in layers
+               if name == "dense" or (name.startswith("dense_") and name[6:].isdigit())]
+    if not numbers:
+        return None
+    last = max(numbers)
+    bias = layers["dense" if last == 0 else f"dense_{last}"].get("vars/1")
+    return None if bias is None or bias.ndim != 1 else int(bias.shape[0])
+
+
 def _read_keras_weights(path):
     import h5py
 
     try:
         with h5py.File(path, "r") as handle:
             recorded = handle.attrs.get(METADATA_ATTRIBUTE)
+            classes = _last_dense_width(handle)
     except OSError as error:
         raise ValueError(f"{path} is not a readable Keras weights file: {error}") from None
     if recorded is None:  # saved by `model.save_weights`: the caller gives the architecture
-        return PretrainedWeights(path=str(path), source="Keras")
+        return PretrainedWeights(path=str(path), source="Keras", classes=classes)
     architecture = json.loads(recorded)
     if architecture.get("pixel_mean") is not None:
         for key in ("pixel_mean", "pixel_std"):

@@ -1,4 +1,5 @@
-"""AlexNet (Krizhevsky, Sutskever and Hinton, NIPS 2012) as a Keras 3 model."""
+"""AlexNet (Krizhevsky, Sutskever and Hinton, NIPS 2012) as a Keras 3 model, and ZFNet
+(Zeiler and Fergus 2013), its successor, as `variant="zfnet"`."""
 
 import math
 
@@ -9,11 +10,12 @@ from keras_alexnet._validation import check_positive_int
 from keras_alexnet.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization, MaxPooling2D
 
-VARIANTS = ("original", "one_weird_trick")
+VARIANTS = ("original", "one_weird_trick", "zfnet")
 INITIALIZATIONS = ("paper", "caffe", "glorot", "he")
 POOLINGS = (None, "avg", "max")
 
-DEFAULT_INPUT_SHAPES = {"original": (227, 227, 3), "one_weird_trick": (224, 224, 3)}
+DEFAULT_INPUT_SHAPES = {"original": (227, 227, 3), "one_weird_trick": (224, 224, 3),
+                        "zfnet": (224, 224, 3)}
 
 # Constants of `LocalResponseNormalization`, in the paper's formula (the sum of
 # squares is not divided by `size`). Caffe divides its alpha by local_size and
@@ -26,36 +28,68 @@ LRN_CONSTANTS = {
 # The layer `include_preprocessing=True` puts first; it takes pixel values in [0, 255].
 PREPROCESSING_LAYER_NAME = "preprocessing"
 
-# Per variant: conv filters, conv2/4/5 groups, LRN after blocks 1-2, conv1's
-# fixed padding (None: pad only what a valid 11x11/4 conv needs, see below)
-# and whether dropout comes before (torchvision) or after (paper) fc6/fc7.
+# Layers whose bias the AlexNet paper initialises to 1 ("accelerates the early
+# stages of learning by providing the ReLUs with positive inputs", §5).
+_PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
+
+# Per variant: conv filters, (kernel, stride) of conv1 and conv2, conv2/4/5
+# groups, LRN after blocks 1-2 and whether it comes after the pooling
+# (ZFNet) or before it (AlexNet), how conv1 is padded ("centred": only what
+# a valid conv1 needs, see `conv1_padding`; an int: that many on each side),
+# whether windows overhang (see below), whether dropout comes before
+# (torchvision) or after (papers) fc6/fc7, and the layers whose bias
+# "paper" initialises to 1.
+#
+# `overhang`: Zeiler and Fergus trained with an implementation based on
+# Krizhevsky's cuda-convnet, whose convolution and pooling windows may
+# overhang the bottom and right edges: `1 + ceil((size - window) / stride)`
+# outputs (cuda-convnet's layer.py), which is what figure 3's sizes need at
+# 224 (110 after conv1, not 109; 55 after pool1; 13 after pool2). Every
+# stride-2 layer of zfnet pads zeros after the image as far as its last
+# window reaches. For pooling this is exact: its inputs come straight from
+# a ReLU, so a zero never beats the window's real values.
 _SPECS = {
     "original": dict(
-        filters=(96, 256, 384, 384, 256), groups=2, lrn=True, conv1_padding=None,
-        dropout_before_fc=False,
+        filters=(96, 256, 384, 384, 256), conv1=(11, 4), conv2=(5, 1), groups=2, lrn=True,
+        lrn_after_pool=False, conv1_padding="centred", overhang=False,
+        dropout_before_fc=False, paper_bias_one=_PAPER_BIAS_ONE,
     ),
     "one_weird_trick": dict(
-        filters=(64, 192, 384, 256, 256), groups=1, lrn=False, conv1_padding=2,
-        dropout_before_fc=True,
+        filters=(64, 192, 384, 256, 256), conv1=(11, 4), conv2=(5, 1), groups=1, lrn=False,
+        lrn_after_pool=False, conv1_padding=2, overhang=False, dropout_before_fc=True,
+        paper_bias_one=_PAPER_BIAS_ONE,
+    ),
+    # Zeiler & Fergus, figure 3 and §3: "All weights are initialized to
+    # 10^-2 and biases are set to 0."
+    "zfnet": dict(
+        filters=(96, 256, 384, 384, 256), conv1=(7, 2), conv2=(5, 2), groups=1, lrn=True,
+        lrn_after_pool=True, conv1_padding=None, overhang=True, dropout_before_fc=False,
+        paper_bias_one=(),
     ),
 }
-
-# Layers whose bias the paper initialises to 1 ("accelerates the early stages
-# of learning by providing the ReLUs with positive inputs", §5).
-_PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
 # bvlc_alexnet's train_val.prototxt: the same layers get bias 0.1 (bias 1 gave
 # Caffe a flat loss) and fc6/fc7 weights have standard deviation 0.005.
 _CAFFE_FC_STD = 0.005
 
 
-def _initializers(initialization, layer_name):
-    """Kernel and bias initialisers of one layer under a named scheme."""
+def initializers(initialization, layer_name, variant="original"):
+    """Kernel and bias initialisers of one layer under a named scheme.
+
+    Args:
+        initialization: `"paper"`, `"caffe"`, `"glorot"` or `"he"` (see `AlexNet`).
+        layer_name: e.g. `"conv2"` or `"fc8"`.
+        variant: the `AlexNet` variant, whose paper says which biases start at 1.
+
+    Example:
+
+    >>> kernel_init, bias_init = initializers("paper", "fc8", "zfnet")
+    """
     if initialization == "glorot":
         return "glorot_uniform", "zeros"
     if initialization == "he":
         return "he_normal", "zeros"
     std = 0.01
-    bias = 1.0 if layer_name in _PAPER_BIAS_ONE else 0.0
+    bias = 1.0 if layer_name in _SPECS[variant]["paper_bias_one"] else 0.0
     if initialization == "caffe":
         bias = 0.1 if layer_name in _PAPER_BIAS_ONE else 0.0
         if layer_name in ("fc6", "fc7"):
@@ -66,6 +100,25 @@ def _initializers(initialization, layer_name):
     )
 
 
+def overhang_padding(size, window, stride):
+    """Zero padding `(0, after)` of one side that gives cuda-convnet's output size.
+
+    `1 + ceil((size - window) / stride)` windows, the last one overhanging
+    the end: ZFNet's sizes (see `_SPECS`). For a side of unknown size
+    (`None`), `stride - 1` zeros after, which gives that many windows for
+    every size (none of them starting in the padding, for windows at least
+    as large as the stride, as ZFNet's are).
+
+    Example:
+
+    >>> overhang_padding(224, 7, 2)   # conv1: 1 + ceil(217 / 2) = 110
+    (0, 1)
+    """
+    if size is None:
+        return (0, stride - 1)
+    return (0, (-(size - window)) % stride)
+
+
 def conv1_padding(size, variant="original"):
     """Zero padding `(before, after)` applied to one spatial side before conv1.
 
@@ -73,22 +126,50 @@ def conv1_padding(size, variant="original"):
     ((224 - 11) / 4 is not an integer); Caffe feeds 227. For the original
     variant every size is padded up to the next size the convolution covers
     exactly, one pixel more after than before: 227 gets none and 224 gets
-    (1, 2), which reaches the paper's 55x55. The torchvision variant always
-    pads 2 on both sides, as torchvision does.
+    (1, 2), which reaches the paper's 55x55 (a side of unknown size gets
+    none). The torchvision variant always pads 2 on both sides, as
+    torchvision does. ZFNet's 7x7 stride-2 conv1 pads after only, as far as
+    its last window overhangs (`overhang_padding`): 224 gets (0, 1), which
+    reaches the paper's 110x110.
     """
-    fixed = _SPECS[variant]["conv1_padding"]
-    if fixed is not None:
-        return (fixed, fixed)
+    spec = _SPECS[variant]
+    if spec["overhang"]:
+        return overhang_padding(size, *spec["conv1"])
+    rule = spec["conv1_padding"]
+    if rule != "centred":
+        return (rule, rule)
+    if size is None:
+        return (0, 0)
     total = (-(size - 11)) % 4
     return (total // 2, total - total // 2)
 
 
+def _downsampling_layers(variant):
+    """`(name, window, stride)` of the layers that change the spatial size, in order."""
+    spec = _SPECS[variant]
+    layers = [("conv1", *spec["conv1"]), ("pool1", 3, 2)]
+    if spec["conv2"][1] > 1:  # otherwise conv2 pads "same" and keeps the size
+        layers.append(("conv2", *spec["conv2"]))
+    return layers + [("pool2", 3, 2), ("pool5", 3, 2)]
+
+
+def _padding(variant, layer_name, size, window, stride):
+    """Zero padding `(before, after)` of one side of a downsampling layer's input."""
+    if layer_name == "conv1":
+        return conv1_padding(size, variant)
+    if _SPECS[variant]["overhang"]:
+        return overhang_padding(size, window, stride)
+    return (0, 0)
+
+
 def feature_map_size(size, variant="original"):
-    """Spatial size of pool5's output for an input side of `size` pixels."""
-    size += sum(conv1_padding(size, variant))
-    size = (size - 11) // 4 + 1  # conv1
-    for _ in range(3):  # pool1, pool2, pool5 (3x3, stride 2, valid)
-        size = (size - 3) // 2 + 1
+    """Spatial size of pool5's output for an input side of `size` pixels
+    (0 or less when a layer's window does not fit)."""
+    for layer_name, window, stride in _downsampling_layers(variant):
+        size += sum(_padding(variant, layer_name, size, window, stride))
+        if size < window:
+            return 0
+        size = (size - window) // stride + 1
     return size
 
 
@@ -102,8 +183,9 @@ def minimum_input_size(variant="original"):
 def validate_architecture(variant, initialization, dropout):
     """Raises ValueError for an unknown variant or initialisation, or a dropout
     rate outside [0, 1): the checks a training recipe makes before any data is
-    read, and `AlexNet` before it builds."""
-    if variant not in VARIANTS:
+    read, and `AlexNet` before it builds. `variant=None` stands for the
+    default (the weights file's, else `"original"`)."""
+    if variant is not None and variant not in VARIANTS:
         raise ValueError(
             f"`variant` must be one of {VARIANTS}. Received: variant={variant!r}"
         )
@@ -163,12 +245,15 @@ def _follow_weights(pretrained, variant, classes, lrn_constants, include_top):
     """The variant, class count and LRN constants of the weights file.
 
     What the file records wins; an argument that contradicts it is an error.
-    A `.weights.h5` saved by `model.save_weights` records nothing, and the
-    arguments (or their defaults) apply.
+    A `.weights.h5` saved by `model.save_weights` records only its class
+    count (fc8's width, the default of `classes`); the other arguments (or
+    their defaults) apply.
     """
     if pretrained is None or pretrained.variant is None:
-        variant = variant or "original"
-        return variant, 1000 if classes is None else classes, lrn_constants
+        if classes is None:
+            classes = (pretrained.classes if pretrained is not None and pretrained.classes
+                       else 1000)
+        return variant or "original", classes, lrn_constants
     origin = f"{pretrained.path} holds {pretrained.source} weights of"
     if variant not in (None, pretrained.variant):
         raise ValueError(
@@ -283,6 +368,8 @@ def AlexNet(
     - [One weird trick for parallelizing convolutional neural networks](
         https://arxiv.org/abs/1404.5997) (Krizhevsky 2014), the layout of
       torchvision's `alexnet`.
+    - [Visualizing and Understanding Convolutional Networks](
+        https://arxiv.org/abs/1311.2901) (Zeiler and Fergus 2013), ZFNet.
 
     `variant="original"` is the paper's network: five convolutions
     (96-256-384-384-256) with ReLU, local response normalisation after the
@@ -297,6 +384,26 @@ def AlexNet(
     61,100,840 parameters at 224x224 and 1000 classes, one Keras layer per
     torchvision layer with weights.
 
+    `variant="zfnet"` is Zeiler and Fergus's network (their figure 3): conv1
+    96 kernels of 7x7 with stride 2, then 3x3 stride-2 max pooling and
+    contrast normalisation (`lrn1`: ReLU, pool, normalise), conv2 256 of 5x5
+    with stride 2, pooling and normalisation again, conv3-conv5
+    384-384-256 of 3x3, no groups, fc6 and fc7 with 4096 units and dropout,
+    fc8. It has 62,357,608 parameters at 224x224 and 1000 classes, and
+    reaches the paper's sizes exactly: 110x110 after conv1, 55 after pool1,
+    26 after conv2, 13 after pool2 and conv3-conv5, 6x6x256 after pool5.
+    The paper trained with an implementation based on Krizhevsky's
+    cuda-convnet, whose windows may overhang the bottom and right edges
+    (`1 + ceil((size - window) / stride)` outputs); the paper's sizes are
+    those. Here every stride-2 layer pads zeros after the image as far as
+    its last window reaches (`overhang_padding`): at 224, one row and
+    column before conv1 (`conv1_pad`), pool1 (`pool1_pad`) and pool2
+    (`pool2_pad`), none before conv2 and pool5; conv3-conv5 pad 1 on each
+    side. The "local contrast normalisation across feature maps" is
+    AlexNet's local response normalisation across channels, with the AlexNet
+    paper's constants (the paper gives none; see the README). The "paper"
+    initialisation is Zeiler and Fergus's: weights N(0, 0.01), biases 0.
+
     Pretrained weights: `weights` takes Caffe's `bvlc_alexnet.caffemodel`
     (the original variant, top-1 57.1%) and torchvision's
     `alexnet-owt-7be5be79.pth` (one_weird_trick, top-1 56.5%) as they are
@@ -307,9 +414,10 @@ def AlexNet(
     were trained with.
 
     Layers are named `preprocessing` (with `include_preprocessing=True`),
-    `conv1_pad` (when padding is needed), `conv1`..`conv5`, `lrn1`, `lrn2`,
-    `pool1`, `pool2`, `pool5`, `flatten`, `fc6`, `drop6`, `fc7`, `drop7` and
-    `fc8`. The model takes channels-last float images: normalised (see
+    `conv1_pad` (when padding is needed; zfnet also `pool1_pad`, `conv2_pad`,
+    `pool2_pad` and `pool5_pad` where its sizes need them), `conv1`..`conv5`,
+    `lrn1`, `lrn2`, `pool1`, `pool2`, `pool5`, `flatten`, `fc6`, `drop6`,
+    `fc7`, `drop7` and `fc8`. The model takes channels-last float images: normalised (see
     `keras_alexnet.presets`), or with `include_preprocessing=True` RGB pixel
     values in [0, 255]. Every convolution is a
     `keras_alexnet.layers.GroupedConv2D` (`groups=1` where the paper has no
@@ -319,8 +427,8 @@ def AlexNet(
     (`BENCHMARKS.md`).
 
     Args:
-        variant: `"original"` or `"one_weird_trick"`; by default the
-            weights file's, else `"original"`.
+        variant: `"original"`, `"one_weird_trick"` or `"zfnet"`; by default
+            the weights file's, else `"original"`.
         include_top: whether to include fc6, fc7 and fc8. With
             `include_top=False` pretrained weights fill the convolutions.
         weights: `None` (random initialisation), the path of a
@@ -332,8 +440,8 @@ def AlexNet(
             assigned.
         input_tensor: optional Keras tensor to use as the model's input.
         input_shape: `(height, width, 3)`; defaults to 227x227x3 (original)
-            or 224x224x3 (one_weird_trick). With `include_top=False` height
-            and width may be `None`.
+            or 224x224x3 (one_weird_trick, zfnet). With `include_top=False`
+            height and width may be `None`.
         pooling: with `include_top=False`, `None` (4-D pool5 output),
             `"avg"` or `"max"` (global pooling to a 2-D output).
         classes: number of classes of fc8; by default the weights file's,
@@ -342,7 +450,8 @@ def AlexNet(
             for logits.
         dropout: dropout rate of fc6 and fc7 (the paper's 0.5).
         initialization: `"paper"` (weights N(0, 0.01); biases 1 in conv2,
-            conv4, conv5, fc6 and fc7, 0 elsewhere), `"caffe"`
+            conv4, conv5, fc6 and fc7, 0 elsewhere; for zfnet, Zeiler and
+            Fergus's: all biases 0), `"caffe"`
             (bvlc_alexnet: those biases 0.1, fc6/fc7 weights N(0, 0.005);
             trains more reliably), `"glorot"` (Keras' defaults) or `"he"`
             (He-normal kernels, zero biases: plain SGD leaves the initial
@@ -351,7 +460,7 @@ def AlexNet(
             see `keras_alexnet.layers.GroupedConv2D`.
         lrn_implementation: `"auto"`, `"ops"` or `"native"`; see
             `keras_alexnet.layers.LocalResponseNormalization`.
-        lrn_constants: the constants of lrn1 and lrn2 in the paper's formula:
+        lrn_constants: the constants of lrn1 and lrn2 in the AlexNet paper's formula:
             `None` (the weights file's, else the paper's), `"paper"` (size 5,
             alpha 1e-4, beta 0.75, k 2), `"caffe"` (bvlc_alexnet's: alpha
             2e-5, k 1) or a dict with keys among `size`, `alpha`, `beta`,
@@ -372,6 +481,8 @@ def AlexNet(
     >>> model = keras_alexnet.AlexNet()
     >>> model.count_params()
     60965224
+    >>> keras_alexnet.AlexNet(variant="zfnet").count_params()
+    62357608
     >>> features = keras_alexnet.AlexNet(include_top=False, pooling="avg")
     >>> pretrained = keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel",
     ...                                    include_preprocessing=True)
@@ -393,8 +504,18 @@ def AlexNet(
     else:
         inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="images")
 
+    def pad(x, layer_name, window, stride):
+        """Zero padding before a downsampling layer, where its variant needs it."""
+        padding = [_padding(variant, layer_name, side, window, stride)
+                   for side in x.shape[1:3]]
+        if not any(sum(side) for side in padding):
+            return x
+        return keras.layers.ZeroPadding2D(
+            padding, data_format="channels_last", name=f"{layer_name}_pad"
+        )(x)
+
     def conv(x, layer_name, filters, kernel_size, groups=1, **kwargs):
-        kernel_init, bias_init = _initializers(initialization, layer_name)
+        kernel_init, bias_init = initializers(initialization, layer_name, variant)
         return GroupedConv2D(
             filters, kernel_size, groups=groups, activation="relu",
             kernel_initializer=kernel_init, bias_initializer=bias_init,
@@ -405,7 +526,12 @@ def AlexNet(
     def max_pool(x, layer_name):
         return MaxPooling2D(
             3, strides=2, data_format="channels_last", name=layer_name
-        )(x)
+        )(pad(x, layer_name, 3, 2))
+
+    def pool_and_lrn(x, index):
+        if spec["lrn_after_pool"]:
+            return lrn(max_pool(x, f"pool{index}"), f"lrn{index}")
+        return max_pool(lrn(x, f"lrn{index}"), f"pool{index}")
 
     def lrn(x, layer_name):
         if not spec["lrn"]:
@@ -415,18 +541,19 @@ def AlexNet(
         )(x)
 
     x = _preprocessing(pretrained)(inputs) if include_preprocessing else inputs
-    padding = [conv1_padding(side, variant) if side is not None else (0, 0)
-               for side in input_shape[:2]]
-    if any(sum(side) for side in padding):
-        x = keras.layers.ZeroPadding2D(
-            padding, data_format="channels_last", name="conv1_pad"
-        )(x)
     f1, f2, f3, f4, f5 = spec["filters"]
     groups = spec["groups"]
-    x = conv(x, "conv1", f1, 11, strides=4, padding="valid")
-    x = max_pool(lrn(x, "lrn1"), "pool1")
-    x = conv(x, "conv2", f2, 5, groups=groups, padding="same")
-    x = max_pool(lrn(x, "lrn2"), "pool2")
+    (conv1_kernel, conv1_stride), (conv2_kernel, conv2_stride) = spec["conv1"], spec["conv2"]
+    x = pad(x, "conv1", conv1_kernel, conv1_stride)
+    x = conv(x, "conv1", f1, conv1_kernel, strides=conv1_stride, padding="valid")
+    x = pool_and_lrn(x, 1)
+    if conv2_stride == 1:
+        x = conv(x, "conv2", f2, conv2_kernel, groups=groups, padding="same")
+    else:
+        x = pad(x, "conv2", conv2_kernel, conv2_stride)
+        x = conv(x, "conv2", f2, conv2_kernel, strides=conv2_stride, groups=groups,
+                 padding="valid")
+    x = pool_and_lrn(x, 2)
     x = conv(x, "conv3", f3, 3, padding="same")
     x = conv(x, "conv4", f4, 3, groups=groups, padding="same")
     x = conv(x, "conv5", f5, 3, groups=groups, padding="same")
@@ -436,7 +563,7 @@ def AlexNet(
         x = keras.layers.Flatten(name="flatten")(x)
         for index in (6, 7):
             layer_name = f"fc{index}"
-            kernel_init, bias_init = _initializers(initialization, layer_name)
+            kernel_init, bias_init = initializers(initialization, layer_name, variant)
             fully_connected = keras.layers.Dense(
                 4096, activation="relu", kernel_initializer=kernel_init,
                 bias_initializer=bias_init, name=layer_name,
@@ -446,7 +573,7 @@ def AlexNet(
                 x = fully_connected(drop(x))
             else:
                 x = drop(fully_connected(x))
-        kernel_init, bias_init = _initializers(initialization, "fc8")
+        kernel_init, bias_init = initializers(initialization, "fc8", variant)
         x = keras.layers.Dense(
             classes, activation=classifier_activation,
             kernel_initializer=kernel_init, bias_initializer=bias_init, name="fc8",

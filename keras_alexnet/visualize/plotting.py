@@ -8,7 +8,7 @@ not load it. Every image is shown scaled to its own range
 import numpy as np
 
 from keras_alexnet.visualize.kernels import (
-    kernel_color_saturation, kernel_groups, kernel_mosaic, scale_to_unit_range,
+    kernel_color_saturation, kernel_mosaic, scale_to_unit_range,
 )
 
 
@@ -35,9 +35,19 @@ def _class_name(class_names, index):
     return str(class_names[index]) if class_names is not None else str(index)
 
 
+# Inches per mosaic pixel in `plot_kernels`: an 11x11 kernel is about 2/3 inch.
+KERNEL_PIXEL_INCHES = 0.06
+# Inches above the mosaic for the title.
+TITLE_INCHES = 0.4
+
+
 def plot_kernels(model, layer="conv1", columns=16):
     """AlexNet's figure 3: `kernel_mosaic`, titled with each group's
     `kernel_color_saturation`.
+
+    The figure is as large as the mosaic at `KERNEL_PIXEL_INCHES` per
+    kernel pixel, the mosaic filling its width, so it has no margins to
+    crop.
 
     Example:
 
@@ -47,12 +57,18 @@ def plot_kernels(model, layer="conv1", columns=16):
     plt = _pyplot()
     mosaic = kernel_mosaic(model, layer, columns=columns)
     saturation = kernel_color_saturation(model, layer)
-    figure, axis = plt.subplots(figsize=(mosaic.shape[1] / 20, mosaic.shape[0] / 20 + 0.6))
+    height, width = (side * KERNEL_PIXEL_INCHES for side in mosaic.shape[:2])
+    figure = plt.figure(figsize=(width, height + TITLE_INCHES))
+    axis = figure.add_axes((0, 0, 1, height / (height + TITLE_INCHES)))
     axis.imshow(mosaic, interpolation="nearest")
     axis.axis("off")
-    groups = ", ".join(f"group {index + 1}: {value:.2f}" for index, value in enumerate(saturation))
-    plural = "s" if kernel_groups(model, layer) > 1 else ""
-    axis.set_title(f"{layer} kernels; colour saturation of the block{plural}: {groups}",
+    if len(saturation) > 1:
+        blocks = f"{len(saturation)} blocks (the next layer's groups)"
+        values = ", ".join(f"block {index + 1} {value:.2f}"
+                           for index, value in enumerate(saturation))
+    else:
+        blocks, values = "1 block", f"{saturation[0]:.2f}"
+    axis.set_title(f"{layer}: {blocks}; colour saturation (0 grey, 1 pure colour): {values}",
                    fontsize="small")
     return figure
 
@@ -96,23 +112,28 @@ def plot_predictions(images, classes, probabilities, class_names=None, neighbors
     """
     plt = _pyplot()
     neighbour_count = 0 if neighbors is None else np.asarray(neighbors).shape[1]
+    # Square cells for the images; the bars get one and a half, their class
+    # names written on them, so no tick labels push the images apart.
     figure, axes = plt.subplots(
-        len(images), 2 + neighbour_count, squeeze=False,
-        figsize=(2.2 * (2 + neighbour_count), 1.9 * len(images)),
-        gridspec_kw={"width_ratios": [1, 1.4] + [1] * neighbour_count},
+        len(images), 2 + neighbour_count, squeeze=False, layout="constrained",
+        figsize=(1.6 * (2.5 + neighbour_count), 1.75 * len(images)),
+        gridspec_kw={"width_ratios": [1, 1.5] + [1] * neighbour_count},
     )
     for query, row in enumerate(axes):
         _show(row[0], images[query], "query")
         names = [_class_name(class_names, index) for index in classes[query]]
         positions = np.arange(len(names))
-        row[1].barh(positions, probabilities[query], color="tab:blue")
-        row[1].set_yticks(positions, names, fontsize="small")
+        row[1].barh(positions, probabilities[query], color="tab:blue", alpha=0.6)
+        for position, name in zip(positions, names):
+            row[1].text(0.02, position, name, va="center", fontsize="small")
+        row[1].set_yticks([])
         row[1].invert_yaxis()
         row[1].set_xlim(0, 1)
+        row[1].set_xticks([0, 0.5, 1])
+        row[1].tick_params(labelsize="x-small")
         row[1].set_title("top predictions", fontsize="small")
         for rank, axis in enumerate(row[2:]):
             _show(axis, neighbors[query][rank], f"neighbour {rank + 1}")
-    figure.tight_layout()
     return figure
 
 

@@ -81,10 +81,13 @@ def _train_and_validation(model, data, batch_size):
                 f"input shape {model.input_shape}, pass (train, validation) datasets "
                 "of preprocessed batches instead."
             )
+        from keras_alexnet.models import normalizes_inputs
         from keras_alexnet.presets import EvalPreset
 
-        # The paper's proportions: 227 crops of images resized to 256.
-        preset = EvalPreset(crop_size=height, resize_size=round(height * 256 / 227))
+        # The paper's proportions: 227 crops of images resized to 256; pixel
+        # values for a model that normalises them itself.
+        preset = EvalPreset(crop_size=height, resize_size=round(height * 256 / 227),
+                            normalize=not normalizes_inputs(model))
         return (preset.dataset(data.train, batch_size),
                 preset.dataset(data.validation, batch_size))
     if isinstance(data, (tuple, list)) and len(data) == 2:
@@ -122,7 +125,8 @@ def layer_probe(model, data, layers=None, l2=0.01, batch_size=DEFAULT_BATCH_SIZE
     Args:
         model: a model from `keras_alexnet.AlexNet(...)`, trained or not.
         data: a `keras_alexnet.data.Source` (its splits are centre-cropped
-            to the model's input with `keras_alexnet.presets.EvalPreset`),
+            to the model's input with `keras_alexnet.presets.EvalPreset`,
+            normalised unless the model does it itself),
             or a `(train, validation)` pair of datasets (`tf.data` or any
             iterable) of preprocessed `(images, integer labels)` batches.
         layers: layer names; by default every layer with weights but the
