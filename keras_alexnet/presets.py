@@ -314,7 +314,7 @@ class TrainPreset:
                     examples = examples.map(
                         lambda image, label, key: (self.square(image), label, key),
                         num_parallel_calls=tf.data.AUTOTUNE)
-                examples = examples.shuffle(shuffle_buffer, seed=epoch_seed(epoch))
+                examples = _shuffle_by_seed_alone(examples, shuffle_buffer, epoch_seed(epoch))
                 window = self._window_function(examples)
                 windows = examples.map(
                     lambda image, label, key: (
@@ -342,7 +342,7 @@ class TrainPreset:
             else:
                 squares = self._squares(source.examples(
                     "train", shuffle=True, seed=seed, epoch=epoch, skipped_log=skipped_log))
-            squares = squares.shuffle(shuffle_buffer, seed=epoch_seed(epoch))
+            squares = _shuffle_by_seed_alone(squares, shuffle_buffer, epoch_seed(epoch))
             seeds = tf.data.Dataset.range(2**62).map(
                 lambda position: tf.stack([epoch_seed(epoch), position]))
             return self._batches(squares, seeds, batch_size, True, seed)
@@ -416,6 +416,21 @@ class TrainPreset:
         if self.policy == "randaugment":
             return keras_cv.layers.RandAugment(value_range=(0, 1), seed=seed)
         return keras_cv.layers.AugMix(value_range=(0, 1), seed=seed)
+
+
+def _shuffle_by_seed_alone(dataset, buffer_size, seed):
+    """`dataset.shuffle(buffer_size, seed=seed)` whose order depends on `seed` alone.
+
+    Call it while a `tf.data` function is traced (`flat_map`, a service
+    epoch). The traced graph inherits TensorFlow's global seed, which
+    `shuffle` would combine with `seed`: the epoch's order would depend on
+    whether `tf.random.set_seed` or `keras.utils.set_random_seed` ran
+    before, and a global seed of 0 makes a tensor `seed` fail outright.
+    Clearing the seed of the graph being traced, and of no other, gives the
+    order a fresh process gets.
+    """
+    tf.compat.v1.get_default_graph().seed = None
+    return dataset.shuffle(buffer_size, seed=seed)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ TensorBoard events of an epoch that did not finish) is rolled back on
 resume, so the log, the schedule and TensorBoard agree with the checkpoint.
 """
 
+import base64
 import csv
 import json
 import os
@@ -181,7 +182,8 @@ class RunFolder:
         """Commits the state after `epoch` epochs: weights first, then the record.
 
         The record also holds the model's random generator states (dropout's),
-        which `save_weights` leaves out, so a seeded run resumes exactly.
+        which `save_weights` leaves out, and on PyTorch torch's own generator
+        states, so a seeded run resumes exactly.
         """
         backup = self.path / BACKUP
         backup.mkdir(exist_ok=True)
@@ -193,7 +195,8 @@ class RunFolder:
         random_states = [keras.ops.convert_to_numpy(variable).tolist()
                          for variable in _random_states(model)]
         write_json_atomically(backup / CHECKPOINT, {
-            "epoch": epoch, "weights": weights, "random_states": random_states, **state})
+            "epoch": epoch, "weights": weights, "random_states": random_states,
+            "torch_random_states": _torch_random_states(), **state})
         if previous is not None and previous["weights"] != weights:
             (backup / previous["weights"]).unlink(missing_ok=True)
 
@@ -210,6 +213,7 @@ class RunFolder:
         `roll_back=False` only reads: for the processes of a run over
         several processes that do not write (all but process 0).
         Returns the checkpoint record (`epoch`: epochs done), or `None`.
+        Pass it to `restore_torch_random_states` once `fit` has started.
         """
         checkpoint = self.read_checkpoint()
         if checkpoint is not None:
@@ -244,6 +248,44 @@ def _random_states(model):
     """The state variables of the model's random generators (dropout), in a fixed order."""
     return [variable for variable in model.variables
             if variable.path.endswith("seed_generator_state")]
+
+
+def _torch_random_states():
+    """torch's global generator states (CPU, then each GPU's), or None on other backends.
+
+    On PyTorch, Keras' Dropout without a seed draws its masks from torch's
+    global generator rather than from its seed generator (the fast path of
+    `keras.src.backend.torch.random.dropout`), so those states are part of
+    what a resumed run must restore.
+    """
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    states = [torch.get_rng_state()]
+    if torch.cuda.is_available():
+        states += torch.cuda.get_rng_state_all()
+    return [base64.b64encode(state.numpy().tobytes()).decode("ascii") for state in states]
+
+
+def restore_torch_random_states(checkpoint):
+    """Sets torch's generators to a checkpoint's states (PyTorch only; else nothing).
+
+    Call it just before the first training step of the resumed `fit`:
+    starting `fit` draws from torch's global generator (each epoch
+    iterator's torch DataLoader takes a base seed from it), which the
+    uninterrupted run did only once, at its start.
+    """
+    states = (checkpoint or {}).get("torch_random_states")
+    if not states or keras.backend.backend() != "torch":
+        return
+    import torch
+
+    states = [torch.frombuffer(bytearray(base64.b64decode(state)), dtype=torch.uint8)
+              for state in states]
+    torch.set_rng_state(states[0])
+    if torch.cuda.is_available() and len(states) - 1 == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states[1:])
 
 
 def _drop_events_from_step(path, first_dropped_step):

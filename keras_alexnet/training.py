@@ -37,7 +37,8 @@ from keras_alexnet.models.alexnet import initializers, validate_architecture
 from keras_alexnet.presets import EvalPreset, TrainPreset, square_bytes
 from keras_alexnet.run_folder import (BACKUP, BEST_MODEL, BEST_SCORE, FINAL_MODEL, LOG,
                                       SETTINGS, SKIPPED_FILES, SUMMARY, TENSORBOARD, RunFolder,
-                                      RunFolderError, write_json_atomically)
+                                      RunFolderError, restore_torch_random_states,
+                                      write_json_atomically)
 
 # Decoded training images are kept in memory for the whole run when their
 # central squares (resize_size**2 * 3 bytes each) fit in this many bytes.
@@ -425,14 +426,21 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     Put it last: when it records an epoch as done, that epoch's log row,
     TensorBoard events and best model are already written. `writer`: as
-    for `BestModel`.
+    for `BestModel`. `resumed_from`: the checkpoint record a resumed run
+    restored, whose torch generator states it sets before the first step.
     """
 
-    def __init__(self, run, schedule, writer=None):
+    def __init__(self, run, schedule, writer=None, resumed_from=None):
         super().__init__()
         self.run = run
         self.schedule = schedule
         self.writer = writer
+        self.resumed_from = resumed_from
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.resumed_from is not None:
+            restore_torch_random_states(self.resumed_from)
+            self.resumed_from = None
 
     def on_epoch_end(self, epoch, logs=None):
         with _model_to_save(self) as model:
@@ -769,7 +777,7 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         BestModel(run, monitor, writer, best),
         summary_printer,
         *([skipped_report] if writes else []),
-        RunCheckpoint(run, schedule, writer),
+        RunCheckpoint(run, schedule, writer, resumed_from=checkpoint),
     ]
     variant = (pretrained.variant if pretrained else None) or recipe.variant or "original"
     if pretrained is not None:

@@ -209,6 +209,29 @@ def test_seeded_epochs_repeat_exactly_and_resume_at_any_epoch(tmp_path):
             np.testing.assert_array_equal(a_labels, b_labels)
 
 
+def test_epochs_do_not_depend_on_tensorflows_global_seed(tmp_path):
+    """Global seed 0 once broke the per-epoch shuffle; any other one changed the order."""
+    import keras
+
+    root = data.write_synthetic_image_folder(tmp_path / "d", classes=3, images_per_class=8,
+                                             image_size=(20, 24))
+    source = data.image_folder(root, validation_fraction=0.0)
+    preset = TrainPreset(crop_size=12, resize_size=16)
+
+    def labels():
+        dataset = preset.epochs(source, batch_size=4, seed=7, shuffle_buffer=8)
+        return np.concatenate([labels.numpy() for _, labels in dataset.take(12)])
+
+    try:
+        tf.random.set_seed(None)
+        reference = labels()
+        for set_seed in (lambda: keras.utils.set_random_seed(0), lambda: tf.random.set_seed(5)):
+            set_seed()
+            np.testing.assert_array_equal(labels(), reference)
+    finally:
+        tf.random.set_seed(None)
+
+
 def test_held_out_split_is_deterministic_and_stratified(tmp_path):
     root = data.write_synthetic_image_folder(tmp_path / "d", classes=2, images_per_class=10,
                                              image_size=(32, 32))
