@@ -100,7 +100,9 @@ def parse_arguments(argv=None):
     recipe = parser.add_argument_group("model and recipe (defaults: the paper)")
     recipe.add_argument("--variant", choices=("original", "one_weird_trick", "zfnet"),
                         help="(original; with --fine-tune the weights file's)")
-    recipe.add_argument("--image-size", type=int, help="crop size (227; demo 67).")
+    recipe.add_argument("--image-size", type=int,
+                        help="crop size (the variant's: 227, 224 for one_weird_trick and "
+                             "zfnet; demo 67).")
     recipe.add_argument("--resize-size", type=int,
                         help="short side before cropping (256; demo: image size x 256/227).")
     recipe.add_argument("--epochs", type=int, help="epochs (90; demo 15).")
@@ -188,14 +190,17 @@ def resume_arguments(args, settings):
     """`args` completed from a run's run.json; raises ValueError where they disagree.
 
     Session options (where and how this process runs) may change; the data
-    and the recipe may not, except more epochs.
+    and the recipe may not, except `training.RESUMABLE_CHANGES` (more epochs,
+    a new learning rate).
     """
+    from keras_alexnet.training import RESUMABLE_CHANGES
+
     recorded = {**settings.get("arguments", {}), **settings["recipe"]}
     given = given_arguments(args)
     differences = []
     for key, value in given.items():
         field = RECIPE_OPTIONS.get(key, key)
-        if key in SESSION_ARGUMENTS or field not in recorded or field == "epochs":
+        if key in SESSION_ARGUMENTS or field not in recorded or field in RESUMABLE_CHANGES:
             continue
         if recorded[field] != value:
             differences.append(f"--{key.replace('_', '-')}: {recorded[field]!r} -> {value!r}")

@@ -305,7 +305,9 @@ def worker_feed(args):
     raw, prepared = _photo_folders(args.scratch)
     source = (data.image_folder(raw, validation_fraction=0.0) if args.feed == "raw"
               else data.prepared(prepared))
-    dataset = presets.TrainPreset().epochs(source, args.batch_size, seed=0)
+    # --seed -1: an unseeded stream (not deterministic: no order kept).
+    dataset = presets.TrainPreset().epochs(source, args.batch_size,
+                                           seed=None if args.seed < 0 else args.seed)
     if args.threads:
         options = tf.data.Options()
         options.threading.private_threadpool_size = args.threads
@@ -625,6 +627,29 @@ def section_prepared(args, report):
     return rows
 
 
+def section_determinism(args, report):
+    """What a seeded (deterministic) training stream costs against an unseeded one."""
+    runs = {"seeded": [], "unseeded": []}
+    for _ in range(args.repeats):
+        for mode in runs:  # alternated, so that load changes touch both alike
+            runs[mode].append(run_worker("feed", feed="raw", batch_size=args.batch_size,
+                                         seed=0 if mode == "seeded" else -1,
+                                         scratch=args.scratch))
+    medians = {mode: statistics.median(run["images_per_second"] for run in values)
+               for mode, values in runs.items()}
+    report["determinism"] = medians
+    rows = [f"| TrainPreset.epochs on raw JPEGs, batch {args.batch_size}, "
+            f"{os.cpu_count()} threads | images/s, median (runs) |", "|---|---:|"]
+    for mode, label in (("seeded", "seed=0 (deterministic: order kept)"),
+                        ("unseeded", "seed=None (not deterministic)")):
+        each = ", ".join(f"{run['images_per_second']:.0f}" for run in runs[mode])
+        rows.append(f"| {label} | {medians[mode]:.0f} ({each}) |")
+    rows += ["", f"The seeded stream runs at {medians['seeded'] / medians['unseeded']:.2f}x "
+                 f"the unseeded one's speed (medians of {args.repeats}; each run in its own "
+                 f"process, {FEED_EPOCHS} epochs timed after one of warm-up)."]
+    return rows
+
+
 def section_memory(args, report):
     result = run_worker("keras", "tensorflow", dtype="float32", batch_size=128,
                         steps=2, warmup=1, grouped_conv="auto", lrn="auto", modes=["train"])
@@ -707,6 +732,7 @@ SECTIONS = {
     "pipeline": section_pipeline,
     "listing": section_listing,
     "prepared": section_prepared,
+    "determinism": section_determinism,
     "memory": section_memory,
     "processes": section_processes,
 }
@@ -747,7 +773,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=1,
                         help="keras section: measure each row this many times, each "
                              "beside a fresh reference run, and report medians; prepared "
-                             "section: run each pipeline this many times.")
+                             "and determinism sections: run each pipeline this many times.")
     parser.add_argument("--scratch", default="/tmp/keras_alexnet_bench")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"),
                         help="Markdown file whose generated block is replaced; '-' prints only.")
@@ -759,6 +785,7 @@ def main():
     parser.add_argument("--modes", nargs="+", default=["train", "infer"], help=argparse.SUPPRESS)
     parser.add_argument("--feed", choices=("raw", "prepared"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--cores", nargs="+", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeats < 1:

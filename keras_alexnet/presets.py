@@ -294,6 +294,10 @@ class TrainPreset:
         """
         check_positive_int("batch_size", batch_size)
         shuffle_buffer = self._shuffle_buffer(shuffle_buffer)
+        # A seeded stream keeps its order under parallel decoding, so it
+        # repeats exactly; an unseeded one lets whichever thread finishes first
+        # go first (the cost of order is measured in BENCHMARKS.md).
+        deterministic = seed is not None
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         count = source.counts.get("train")
@@ -348,7 +352,7 @@ class TrainPreset:
             return self._batches(squares, seeds, batch_size, True, seed)
 
         dataset = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
-        return _with_options(dataset, deterministic=True)
+        return _with_options(dataset, deterministic)
 
     def _shuffle_buffer(self, shuffle_buffer):
         if shuffle_buffer is None:

@@ -33,7 +33,8 @@ from keras_alexnet.data_service import (STALL_TIMEOUT_SECONDS, StalledServiceWat
                                         check_dispatcher)
 from keras_alexnet.export import check_export_target, export_saved_model
 from keras_alexnet.models import AlexNet
-from keras_alexnet.models.alexnet import initializers, validate_architecture
+from keras_alexnet.models.alexnet import (DEFAULT_INPUT_SHAPES, initializers,
+                                          validate_architecture)
 from keras_alexnet.presets import EvalPreset, TrainPreset, square_bytes
 from keras_alexnet.run_folder import (BACKUP, BEST_MODEL, BEST_SCORE, FINAL_MODEL, LOG,
                                       SETTINGS, SKIPPED_FILES, SUMMARY, TENSORBOARD, RunFolder,
@@ -43,9 +44,10 @@ from keras_alexnet.run_folder import (BACKUP, BEST_MODEL, BEST_SCORE, FINAL_MODE
 # Decoded training images are kept in memory for the whole run when their
 # central squares (resize_size**2 * 3 bytes each) fit in this many bytes.
 CACHE_BYTES = 2 * 1024**3
-# Recipe fields a resumed run may change: more epochs. Anything else would
+# Recipe fields a resumed run may change: more epochs, and the learning rate
+# from the resumed epoch on (after a NaN loss, say). Anything else would
 # change the model or the data under a half-trained run.
-RESUMABLE_CHANGES = ("epochs",)
+RESUMABLE_CHANGES = ("epochs", "learning_rate")
 
 __all__ = ["Recipe", "NaNLossError", "RunFolderError", "train", "build_model",
            "make_datasets", "fine_tuned_model", "check_fine_tune"]
@@ -63,6 +65,8 @@ class Recipe:
     divided by 10 when the validation top-1 error has not improved for
     `lr_patience` epochs, at most `max_lr_drops` (3) times, 90 epochs,
     dropout 0.5, the paper's initialisation, 227x227 crops of 256x256 images.
+    `image_size` `None` is the variant's input size (`AlexNet`'s default:
+    227 for the original, 224 for one_weird_trick and ZFNet).
 
     Weight decay is applied as in the paper's update rule
     `v <- 0.9 v - wd * lr * w - lr * dL/dw`: an L2 penalty `wd / 2 * ||w||^2`
@@ -86,7 +90,7 @@ class Recipe:
     """
 
     variant: str = None
-    image_size: int = 227
+    image_size: int = None
     resize_size: int = 256
     epochs: int = 90
     batch_size: int = 128
@@ -108,6 +112,9 @@ class Recipe:
     freeze: str = None
 
     def __post_init__(self):
+        validate_architecture(self.variant, self.initialization, self.dropout)
+        if self.image_size is None:
+            self.image_size = DEFAULT_INPUT_SHAPES[self.variant or "original"][0]
         for name in ("image_size", "resize_size", "epochs", "batch_size", "lr_patience"):
             check_positive_int(name, getattr(self, name))
         if self.steps_per_epoch is not None:
@@ -126,7 +133,6 @@ class Recipe:
             raise ValueError(f"`weight_decay` must be >= 0. Received: {self.weight_decay!r}")
         if not isinstance(self.max_lr_drops, int) or self.max_lr_drops < 0:
             raise ValueError(f"`max_lr_drops` must be >= 0. Received: {self.max_lr_drops!r}")
-        validate_architecture(self.variant, self.initialization, self.dropout)
         if self.freeze is not None and self.fine_tune is None:
             raise ValueError(
                 "`freeze` keeps pretrained layers as they are, so it needs `fine_tune`: "
@@ -629,8 +635,9 @@ def _recipe_changes(previous, recipe):
 def check_resume(run, settings, recipe, source):
     """Raises ValueError if `recipe` or `source` would change a run being resumed.
 
-    Only `RESUMABLE_CHANGES` (more epochs) may differ from `run.json`, and a
-    run that has done all its epochs continues only with more.
+    Only `RESUMABLE_CHANGES` (more epochs, the learning rate) may differ from
+    `run.json`, and a run that has done all its epochs continues only with
+    more.
     Returns a message about what changes, or `None`.
     """
     done = (run.read_checkpoint() or {}).get("epoch", 0)
@@ -652,10 +659,15 @@ def check_resume(run, settings, recipe, source):
             f"its run.json: {listed}. Leave them out (they are read from run.json) or start "
             "a new run."
         )
+    notes = []
     if "epochs" in changes:
         old, new = changes["epochs"]
-        return f"Continuing to {new} epochs (the run started with {old})."
-    return None
+        notes.append(f"Continuing to {new} epochs (the run started with {old}).")
+    if "learning_rate" in changes:
+        old, new = changes["learning_rate"]
+        notes.append(f"Learning rate {new:g} from epoch {done + 1} on (run.json had {old:g}; "
+                     "the schedule's later drops divide it).")
+    return " ".join(notes) or None
 
 
 def train(recipe, source, output, resume=False, overwrite=False, distribute="none",
@@ -758,6 +770,9 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         })
     if resume:
         run.restore_checkpoint(model, roll_back=writes)
+        if recipe.learning_rate != settings["recipe"]["learning_rate"]:
+            # The checkpoint's optimizer holds the old rate (drops included).
+            model.optimizer.learning_rate.assign(recipe.learning_rate)
         log(f"Resuming {run.path} after epoch {initial_epoch} of {recipe.epochs}."
             + (f" {resume_note}" if resume_note else ""))
 
@@ -803,7 +818,8 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         raise NaNLossError(
             f"{error} Training stopped. " + (
                 f"The checkpoint after epoch {kept['epoch']} is kept in {run / BACKUP}; "
-                "lower --lr and continue it with --resume." if kept else
+                f"continue it at a lower learning rate with --output {run.path} --resume "
+                "--lr RATE." if kept else
                 "No epoch had finished, so no checkpoint was kept (only run.json and the "
                 "logs); lower --lr and start again with --overwrite.")
         ) from None

@@ -126,6 +126,27 @@ def test_nan_loss_stops_with_exit_3_and_saves_no_bad_checkpoint(colour_folder, t
     assert not (output / "summary.json").exists()
 
 
+def test_after_a_nan_loss_the_run_continues_at_a_lower_rate_from_its_checkpoint(
+        colour_folder, tmp_path):
+    output = tmp_path / "run"
+    arguments = ["--data", str(colour_folder), "--steps-per-epoch", "3", "--output", str(output),
+                 *FAST]
+    first = run_train(*arguments, "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    diverged = run_train(*arguments, "--epochs", "2", "--resume", "--lr", "1e12")
+    assert diverged.returncode == 3, diverged.stderr[-2000:]
+    assert "The checkpoint after epoch 1 is kept" in diverged.stderr
+    assert f"--output {output} --resume --lr RATE" in diverged.stderr
+    assert RunFolder(output).read_checkpoint()["epoch"] == 1
+
+    lower = run_train(*arguments, "--epochs", "2", "--resume", "--lr", "0.001")
+    assert lower.returncode == 0, lower.stderr[-2000:]
+    assert "Learning rate 0.001 from epoch 2 on (run.json had 1e+12" in lower.stdout
+    rates = [float(row["learning_rate"]) for row in log_rows(output)]
+    assert rates == [pytest.approx(0.003), pytest.approx(0.001)]
+    assert json.loads((output / "run.json").read_text())["recipe"]["learning_rate"] == 0.001
+
+
 @pytest.mark.parametrize("arguments,message", [
     (["--data", "/no/such/folder"], "no such folder"),
     (["--epochs", "0"], "epochs"),
@@ -248,9 +269,10 @@ def test_resume_takes_its_settings_from_run_json(colour_folder, tmp_path):
                         "--epochs", "1", "--steps-per-epoch", "2")
     assert started.returncode == 0, started.stderr[-2000:]
     changed = run_train("--output", str(output), "--resume", "--image-size", "99",
-                        "--lr", "0.1", "--epochs", "2")
+                        "--dropout", "0.2", "--lr", "0.1", "--epochs", "2")
     assert changed.returncode == 2
-    assert "--image-size: 67 -> 99" in changed.stderr and "--lr: 0.003 -> 0.1" in changed.stderr
+    assert "--image-size: 67 -> 99" in changed.stderr and "--dropout: 0.5 -> 0.2" in changed.stderr
+    assert "--lr" not in changed.stderr  # a resumed run may change its learning rate
     assert len(changed.stderr) < 2000  # no Keras internals
     finished = run_train("--output", str(output), "--resume")
     assert finished.returncode == 2 and "pass more than 1 --epochs" in finished.stderr
@@ -280,6 +302,12 @@ def test_demo_defaults_are_seeded_and_follow_the_image_size():
     _, args = train_script.parse_arguments(["--data", "x", "--seed", "3"])
     recipe = train_script.make_recipe(args, training)
     assert (recipe.seed, recipe.image_size, recipe.resize_size) == (3, 227, 256)
+    # Without --image-size, the variant's own input size (AlexNet's default input shape).
+    for variant in ("one_weird_trick", "zfnet"):
+        _, args = train_script.parse_arguments(["--data", "x", "--variant", variant])
+        recipe = train_script.make_recipe(args, training)
+        assert (recipe.image_size, recipe.resize_size) == (224, 256)
+        assert AlexNet(variant=variant, weights=None).input_shape[1] == recipe.image_size
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="the torch backend's distribution error")
