@@ -129,21 +129,25 @@ def test_model_parallel_communicates_where_the_paper_does(step):
     and the softmax and loss over fc8's split classes add small all-reduces."""
     two_devices = step("model-parallel", 2)[2]
     layers = _by_layer(two_devices)
-    # Nothing else communicates: not conv1, conv2, conv4, conv5 (each device
-    # convolves its own group), nor the pools. "other" is metrics and weight decay.
-    assert {layer for layer, _ in layers} == {
-        "lrn1", "lrn2", "conv3", "flatten", "fc6", "fc7", "fc8", "loss", "other"}
-    assert layers[("conv3", "forward")] == ["all-gather"]  # all of pool2's maps
-    assert layers[("conv3", "backward")] == ["reduce-scatter"]
-    assert layers[("flatten", "forward")] == ["all-gather"]  # fc6 sees all of pool5
-    assert ("fc6", "forward") not in layers
-    for name in ("fc7", "fc8"):
-        assert "all-gather" in layers[(name, "forward")]
-    for name in ("fc6", "fc7", "fc8"):
-        assert "all-reduce" in layers[(name, "backward")]  # the input's gradient
-    for name in ("lrn1", "lrn2"):
-        for direction in ("forward", "backward"):
-            assert set(layers[(name, direction)]) == {"collective-permute"}
+    # Exactly the README's table. Nothing else communicates: not conv1, conv2,
+    # conv4, conv5 (each device convolves its own group), nor the pools.
+    halo = ["collective-permute"] * 4  # the 2 maps next to the split, each way
+    assert layers == {
+        ("lrn1", "forward"): halo, ("lrn1", "backward"): halo,
+        ("lrn2", "forward"): halo, ("lrn2", "backward"): halo,
+        ("conv3", "forward"): ["all-gather"],  # all of pool2's maps
+        ("conv3", "backward"): ["reduce-scatter"],
+        ("flatten", "forward"): ["all-gather"],  # fc6 sees all of pool5
+        ("fc6", "backward"): ["all-reduce"],  # the gradient of fc6's input
+        ("fc7", "forward"): ["all-gather"], ("fc7", "backward"): ["all-reduce"],
+        # fc7 gathered; the softmax's max and sum over the split classes.
+        ("fc8", "forward"): ["all-gather", "all-reduce", "all-reduce"],
+        ("fc8", "backward"): ["all-reduce", "all-reduce"],
+        ("loss", "forward"): ["all-reduce"], ("loss", "backward"): ["all-reduce"],
+        # Metrics and the weight-decay sums of the split kernels.
+        ("other", "forward"): ["all-reduce", "all-reduce"],
+        ("other", "backward"): ["all-reduce"],
+    }
     assert {collective["axis"] for collective in two_devices} == {"model"}
     # Hybrid: the same exchanges within each replica, plus the data-parallel
     # sum of the gradients over the batch axis.
