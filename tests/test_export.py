@@ -140,6 +140,23 @@ def test_served_probabilities_decided_from_what_the_model_outputs(tmp_path):
         export_saved_model(logits, tmp_path / "bad", outputs="probability")
 
 
+def test_a_wrapped_self_normalising_model_is_served_pixels(tmp_path):
+    """A model wrapping `AlexNet(include_preprocessing=True)` normalises its inputs
+    itself too: the export feeds it cropped pixel values, normalised once."""
+    keras.utils.set_random_seed(4)
+    inner = AlexNet(input_shape=(SIZE, SIZE, 3), classes=3, initialization="glorot",
+                    include_preprocessing=True)
+    wrapped = keras.Sequential([keras.Input((SIZE, SIZE, 3)), inner])
+    images = np.random.default_rng(5).integers(0, 256, (3, 80, 70, 3), dtype=np.uint8)
+    pixels = EvalPreset(crop_size=SIZE, resize_size=256, normalize=False).preprocess(
+        tf.constant(images)).numpy()
+    expected = keras.ops.convert_to_numpy(inner(pixels, training=False))
+    path = export_saved_model(wrapped, tmp_path / "wrapped")
+    served = tf.saved_model.load(path).signatures["serving_default"](
+        images=tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
 def test_feature_extractors_export_features_without_labels(tmp_path):
     keras.utils.set_random_seed(0)
     for pooling, shape in ((None, (2, 1, 1, 256)), ("avg", (2, 256))):

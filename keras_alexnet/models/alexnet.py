@@ -296,21 +296,33 @@ def normalizes_inputs(model):
 
     True for `AlexNet(include_preprocessing=True)` and for any model whose
     inputs go straight into a `keras.layers.Normalization` or `Rescaling`
-    layer (keras.applications' ConvNeXt and EfficientNet, for example). The
-    presets, evaluation and `export_saved_model` use it so that no image is
-    normalised twice.
+    layer (keras.applications' ConvNeXt and EfficientNet, for example), or
+    into a nested model that does (such a model wrapped in a
+    `keras.Sequential` or a functional model). The presets, evaluation and
+    `export_saved_model` use it so that no image is normalised twice.
 
     Example:
 
     >>> normalizes_inputs(keras_alexnet.AlexNet(include_preprocessing=True))
     True
+    >>> wrapped = keras.Sequential(
+    ...     [keras.Input((227, 227, 3)), keras_alexnet.AlexNet(include_preprocessing=True)])
+    >>> normalizes_inputs(wrapped)
+    True
     """
     inputs = {id(tensor) for tensor in model.inputs}
-    return any(
-        isinstance(layer, (keras.layers.Normalization, keras.layers.Rescaling))
-        and id(layer.input) in inputs
-        for layer in model.layers
-    )
+    for layer in model.layers:
+        # Every call of the layer, not only its first (`layer.input`): a
+        # nested model's first call is the one that built it, on its own
+        # inputs, not on the wrapping model's.
+        if not any(id(tensor) in inputs for node in layer._inbound_nodes
+                   for tensor in node.input_tensors):
+            continue
+        if isinstance(layer, (keras.layers.Normalization, keras.layers.Rescaling)):
+            return True
+        if isinstance(layer, keras.Model) and normalizes_inputs(layer):
+            return True
+    return False
 
 
 def _resolve_input_shape(variant, input_shape, input_tensor, include_top):
