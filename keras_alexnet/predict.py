@@ -22,15 +22,16 @@ BACKENDS = ("tensorflow", "jax", "torch")
 
 def load_model(weights):
     """A model that takes pixel values in [0, 255]: `weights` with `include_preprocessing=True`,
-    or a `.keras` model as saved."""
+    or a `.keras` model as saved. A leading `~` in `weights` is the home folder."""
     import keras
 
     from keras_alexnet import AlexNet
 
     if str(weights).endswith(".keras"):
-        if not os.path.isfile(weights):
+        path = os.path.expanduser(os.fspath(weights))
+        if not os.path.isfile(path):
             raise ValueError(f"The model file does not exist. Received: weights={weights!r}")
-        return keras.saving.load_model(weights, compile=False)
+        return keras.saving.load_model(path, compile=False)
     return AlexNet(weights=weights, include_preprocessing=True)
 
 

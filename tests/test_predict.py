@@ -98,6 +98,19 @@ def test_softmax_is_applied_once_wherever_the_model_has_it(photos, tmp_path):
         assert [label for label, _ in labels] == [str(i) for i in np.argsort(-expected)]
 
 
+def test_a_keras_model_under_the_home_folder_loads(photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    keras.utils.set_random_seed(5)
+    model = AlexNet(input_shape=(67, 67, 3), classes=3, include_preprocessing=True)
+    model.save(tmp_path / "small.keras")
+    loaded = predict.load_model("~/small.keras")
+    for saved, restored in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored),
+                                      keras.ops.convert_to_numpy(saved))
+    assert predict.main(["--weights", "~/small.keras", "--top", "3", str(photos[0])]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == str(photos[0])
+
+
 def test_predict_bad_input_exits_2(caffemodel, tmp_path, capsys):
     not_an_image = tmp_path / "notes.jpg"
     not_an_image.write_text("not an image")
