@@ -80,7 +80,7 @@ def export_saved_model(model, path, class_names=None, preset=None, top_k=5,
             as for `keras.saving.load_model`. On JAX and PyTorch the export
             runs in a TensorFlow subprocess, which imports the module that
             defines each of these and each registered custom object of the
-            model; objects defined in `__main__` (a script or notebook)
+            model, searching this process's `sys.path`; objects defined in `__main__` (a script or notebook)
             cannot be imported there and are named in the error.
 
     Returns:
@@ -333,9 +333,11 @@ def _write_in_tensorflow_subprocess(model, directory, settings):
         settings_file.write_text(json.dumps(settings))
         command = [sys.executable, "-m", "keras_alexnet.export", str(model_file),
                    str(directory), str(settings_file)]
-        # The user's modules must import in the subprocess as they do here.
+        # The user's modules must import in the subprocess as they do here:
+        # from this process's import path (a script's own folder, entries a
+        # notebook added), not only the working folder. "" is the working folder.
         python_path = os.pathsep.join(
-            [os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])])
+            os.path.abspath(entry or os.curdir) for entry in sys.path if isinstance(entry, str))
         env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": python_path}
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         if result.returncode != 0:
