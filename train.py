@@ -25,8 +25,8 @@ gets its own folder, runs/<data>-<date>-<time> unless --output names one.
 alone continues it; arguments given again must agree, except more --epochs.
 --prepare DIR writes the --data or --dataset source (or the embedded one) once
 as squares of --resize-size (256) in DIR, and exits; --data DIR then trains
-from it. Exit codes: 0 done, 2 bad arguments, data or output folder (nothing
-written), 3 the loss became NaN, 4 --prepare failed while writing (a full
+from it. Exit codes: 0 done, 2 bad arguments, data or output folder, or a
+missing optional dependency an argument needs (nothing written), 3 the loss became NaN, 4 --prepare failed while writing (a full
 disk, say; what was complete is kept and the same command continues it), 5 no
 batch came from the --data-service for --service-timeout seconds (a lost worker;
 the last checkpoint is kept for --resume), 6 a run over several processes lost one.
@@ -338,8 +338,10 @@ def main(argv=None):
             model_parallel=args.model_parallel or distribute.PAPER_MODEL_PARALLEL,
         )
     except (ValueError, FileNotFoundError, FileExistsError, RunFolderError,
-            data.OfflineError, ConnectionError) as error:
-        # Bad arguments, data or output folder: say which; nothing was written.
+            data.OfflineError, ConnectionError, ImportError) as error:
+        # Bad arguments, data or output folder, or an optional dependency an
+        # argument needs (torch for --fine-tune x.pth, keras-cv for --policy)
+        # that is missing: say which; nothing was written.
         print(f"error: {error}", file=sys.stderr)
         return 2
     except training.NaNLossError as error:

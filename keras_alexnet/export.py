@@ -39,12 +39,11 @@ import uuid
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_alexnet._validation import check_positive_int
 from keras_alexnet.imagenet import imagenet_class_names
-from keras_alexnet.models import normalizes_inputs
+from keras_alexnet.models import normalizes_inputs, resolve_outputs
 from keras_alexnet.presets import EvalPreset
 
 CLASS_NAMES_ASSET = "class_names.txt"
@@ -81,7 +80,7 @@ def export_saved_model(model, path, class_names=None, preset=None, top_k=5,
             as for `keras.saving.load_model`. On JAX and PyTorch the export
             runs in a TensorFlow subprocess, which imports the module that
             defines each of these and each registered custom object of the
-            model; objects defined in `__main__` (a script or notebook)
+            model, searching this process's `sys.path`; objects defined in `__main__` (a script or notebook)
             cannot be imported there and are named in the error.
 
     Returns:
@@ -89,7 +88,7 @@ def export_saved_model(model, path, class_names=None, preset=None, top_k=5,
     """
     path = Path(path).expanduser().resolve()
     crop_size = _square_input_size(model)
-    outputs = _resolve_outputs(model, outputs, crop_size)
+    outputs = resolve_outputs(model, outputs)
     if outputs == "features":
         if class_names is not None:
             raise ValueError(
@@ -193,40 +192,6 @@ def _checked_class_names(model, class_names):
             f"indices {bad[:5]}"
         )
     return class_names
-
-
-OUTPUTS = ("auto", "probabilities", "logits", "features")
-
-
-def _resolve_outputs(model, outputs, crop_size):
-    """Which of OUTPUTS the model's output is (see `export_saved_model`)."""
-    if outputs not in OUTPUTS:
-        raise ValueError(f"`outputs` must be one of {OUTPUTS}. Received: outputs={outputs!r}")
-    if len(model.outputs) != 1:
-        raise ValueError(f"The model must have one output. Received: {len(model.outputs)}")
-    rank = len(model.output_shape)
-    if outputs in ("probabilities", "logits") and rank != 2:
-        raise ValueError(
-            f"outputs={outputs!r} needs (batch, classes) outputs, but the model outputs "
-            f"{model.output_shape}: export a feature extractor with outputs='features'."
-        )
-    if outputs != "auto":
-        return outputs
-    if rank != 2:
-        return "features"
-    # Two probes, one at the scale of normalised images and one far beyond it.
-    probes = np.random.default_rng(0).normal(size=(2, crop_size, crop_size, 3))
-    probes *= np.array([1.0, 50.0]).reshape(2, 1, 1, 1)
-    scores = keras.ops.convert_to_numpy(model(probes.astype("float32"), training=False))
-    scores = scores.astype("float64")
-    if np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1, atol=1e-3):
-        return "probabilities"
-    return "logits" if _has_layer(model, "fc8") else "features"
-
-
-def _has_layer(model, name):
-    return any(layer.name == name or (hasattr(layer, "layers") and _has_layer(layer, name))
-               for layer in model.layers)
 
 
 def _square_input_size(model):
@@ -368,9 +333,11 @@ def _write_in_tensorflow_subprocess(model, directory, settings):
         settings_file.write_text(json.dumps(settings))
         command = [sys.executable, "-m", "keras_alexnet.export", str(model_file),
                    str(directory), str(settings_file)]
-        # The user's modules must import in the subprocess as they do here.
+        # The user's modules must import in the subprocess as they do here:
+        # from this process's import path (a script's own folder, entries a
+        # notebook added), not only the working folder. "" is the working folder.
         python_path = os.pathsep.join(
-            [os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])])
+            os.path.abspath(entry or os.curdir) for entry in sys.path if isinstance(entry, str))
         env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": python_path}
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         if result.returncode != 0:

@@ -22,15 +22,16 @@ BACKENDS = ("tensorflow", "jax", "torch")
 
 def load_model(weights):
     """A model that takes pixel values in [0, 255]: `weights` with `include_preprocessing=True`,
-    or a `.keras` model as saved."""
+    or a `.keras` model as saved. A leading `~` in `weights` is the home folder."""
     import keras
 
     from keras_alexnet import AlexNet
 
     if str(weights).endswith(".keras"):
-        if not os.path.isfile(weights):
+        path = os.path.expanduser(os.fspath(weights))
+        if not os.path.isfile(path):
             raise ValueError(f"The model file does not exist. Received: weights={weights!r}")
-        return keras.saving.load_model(weights, compile=False)
+        return keras.saving.load_model(path, compile=False)
     return AlexNet(weights=weights, include_preprocessing=True)
 
 
@@ -41,6 +42,9 @@ def classify(model, image_files, ten_crop=False, top=5):
         model: a model taking square RGB images, e.g. from `load_model`.
         image_files: paths of JPEG, PNG, GIF or BMP images.
         ten_crop: average the softmax over the paper's 10 crops.
+
+    The model may output probabilities or logits (a softmax is applied to
+    them once; see `keras_alexnet.models.resolve_outputs`).
         top: how many labels to return per image.
 
     Example:
@@ -54,14 +58,21 @@ def classify(model, image_files, ten_crop=False, top=5):
     import tensorflow as tf
 
     from keras_alexnet.imagenet import imagenet_class_names
+    from keras_alexnet.models import resolve_outputs
     from keras_alexnet.presets import EvalPreset
 
     preset = EvalPreset.for_model(model, ten_crop=ten_crop)
+    if len(model.output_shape) != 2:
+        raise ValueError(
+            "The model must output class scores, (batch, classes). "
+            f"Received: output_shape={model.output_shape}"
+        )
     classes = model.output_shape[-1]
     names = (imagenet_class_names() if classes == len(imagenet_class_names())
              else [str(index) for index in range(classes)])
-    outputs_probabilities = (getattr(model.layers[-1], "activation", None)
-                             is keras.activations.softmax)
+    # Probed, as the export does: the softmax may be fc8's activation, a
+    # Softmax layer or inside a wrapped model, and must be applied once.
+    outputs_probabilities = resolve_outputs(model) == "probabilities"
     results = []
     for path in image_files:
         try:

@@ -92,7 +92,8 @@ class TrainPreset:
             see `keras_alexnet.augment.estimate_pca_lighting`).
         mean, std: per-channel normalisation, pixels in [0, 1].
         policy: `None` (the paper), `"randaugment"` or `"augmix"`: a stronger
-            keras-cv policy on top (needs the `cv` extra).
+            keras-cv policy on top (needs the `cv` extra; without it the
+            preset raises ImportError when it is made).
         normalize: `False` for a model that normalises its inputs itself:
             the batches then hold pixel values in [0, 255].
     """
@@ -118,6 +119,10 @@ class TrainPreset:
             raise ValueError(f"`lighting_std` must be >= 0. Received: {self.lighting_std!r}")
         if self.policy not in POLICIES:
             raise ValueError(f"`policy` must be one of {POLICIES}. Received: {self.policy!r}")
+        if self.policy is not None:
+            # Now, not when the first epoch's pipeline is traced, where
+            # tf.data would wrap the ImportError in a StagingError.
+            _import_keras_cv(self.policy)
 
     def square(self, image):
         """One uint8 image -> its central `resize_size` square (short side resized), uint8.
@@ -411,15 +416,21 @@ class TrainPreset:
     def _policy_layer(self, seed):
         if self.policy is None:
             return None
-        try:
-            import keras_cv
-        except ImportError as error:
-            raise ImportError(
-                f"policy={self.policy!r} needs keras-cv: pip install 'keras-alexnet[cv]'"
-            ) from error
+        keras_cv = _import_keras_cv(self.policy)
         if self.policy == "randaugment":
             return keras_cv.layers.RandAugment(value_range=(0, 1), seed=seed)
         return keras_cv.layers.AugMix(value_range=(0, 1), seed=seed)
+
+
+def _import_keras_cv(policy):
+    """The keras_cv module a `policy` needs; ImportError naming the extra to install."""
+    try:
+        import keras_cv
+    except ImportError as error:
+        raise ImportError(
+            f"policy={policy!r} needs keras-cv: pip install 'keras-alexnet[cv]'"
+        ) from error
+    return keras_cv
 
 
 def _shuffle_by_seed_alone(dataset, buffer_size, seed):

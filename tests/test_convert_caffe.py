@@ -253,3 +253,20 @@ def test_convert_command_writes_a_weights_file_that_loads_without_being_told(
     assert result.returncode == 2 and "already exists" in result.stderr
     assert destination.stat().st_mtime_ns == modified
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bvlc_alexnet.weights.h5"]
+
+
+def test_paths_under_the_home_folder_are_expanded(v1_file, full_weights, images, tmp_path,
+                                                  monkeypatch):
+    """`~` in the convert command's source and destination, in `read_weights` and in
+    `AlexNet(weights=...)` is the home folder."""
+    from keras_alexnet.convert.__main__ import main as convert_main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")  # which the command would set for good
+    (tmp_path / "bvlc_alexnet.caffemodel").symlink_to(v1_file)
+    assert convert_main(["~/bvlc_alexnet.caffemodel", "~/bvlc_alexnet.weights.h5"]) == 0
+    assert (tmp_path / "bvlc_alexnet.weights.h5").is_file()
+    assert read_weights("~/bvlc_alexnet.weights.h5").variant == "original"
+    model = AlexNet(weights="~/bvlc_alexnet.weights.h5", include_preprocessing=True)
+    np.testing.assert_allclose(_predict(model, images),
+                               caffe_forward(full_weights, images)["probabilities"], atol=1e-4)

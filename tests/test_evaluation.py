@@ -48,3 +48,9 @@ def test_a_self_normalising_model_refuses_normalised_images():
     with pytest.raises(ValueError, match="normalised already"):
         evaluate(model, twice)
     assert evaluate(model, EvalPreset.for_model(model).dataset(examples, 2))["examples"] == 4
+    # Wrapped, it still refuses them, and scores pixel values as the bare model does.
+    wrapped = keras.Sequential([keras.Input((67, 67, 3)), model])
+    with pytest.raises(ValueError, match="normalised already"):
+        evaluate(wrapped, twice)
+    pixels = EvalPreset.for_model(wrapped).dataset(examples, 2)
+    assert evaluate(wrapped, pixels) == evaluate(model, pixels)

@@ -1,10 +1,12 @@
 """SavedModel export from the current backend, reloaded by TensorFlow alone."""
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import keras
 import numpy as np
@@ -140,6 +142,23 @@ def test_served_probabilities_decided_from_what_the_model_outputs(tmp_path):
         export_saved_model(logits, tmp_path / "bad", outputs="probability")
 
 
+def test_a_wrapped_self_normalising_model_is_served_pixels(tmp_path):
+    """A model wrapping `AlexNet(include_preprocessing=True)` normalises its inputs
+    itself too: the export feeds it cropped pixel values, normalised once."""
+    keras.utils.set_random_seed(4)
+    inner = AlexNet(input_shape=(SIZE, SIZE, 3), classes=3, initialization="glorot",
+                    include_preprocessing=True)
+    wrapped = keras.Sequential([keras.Input((SIZE, SIZE, 3)), inner])
+    images = np.random.default_rng(5).integers(0, 256, (3, 80, 70, 3), dtype=np.uint8)
+    pixels = EvalPreset(crop_size=SIZE, resize_size=256, normalize=False).preprocess(
+        tf.constant(images)).numpy()
+    expected = keras.ops.convert_to_numpy(inner(pixels, training=False))
+    path = export_saved_model(wrapped, tmp_path / "wrapped")
+    served = tf.saved_model.load(path).signatures["serving_default"](
+        images=tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
 def test_feature_extractors_export_features_without_labels(tmp_path):
     keras.utils.set_random_seed(0)
     for pooling, shape in ((None, (2, 1, 1, 256)), ("avg", (2, 256))):
@@ -187,6 +206,35 @@ def test_custom_layers_and_lambdas_export_from_every_backend(tmp_path):
     inputs = EvalPreset(crop_size=SIZE, resize_size=256).preprocess(tf.constant(images)).numpy()
     expected = keras.ops.convert_to_numpy(keras.ops.softmax(custom(inputs)))
     path = export_saved_model(custom, tmp_path / "custom", outputs="logits")
+    served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+
+
+def test_custom_layers_import_from_the_callers_path_in_any_folder(tmp_path, monkeypatch):
+    """A user's module found through `sys.path` (beside their script, say), exported
+    with another working folder: the TensorFlow subprocess imports it too."""
+    module_name = f"user_layers_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / f"{module_name}.py").write_text(textwrap.dedent(f"""
+        import keras
+
+        @keras.saving.register_keras_serializable(package="{module_name}")
+        class Shift(keras.layers.Layer):
+            def call(self, inputs):
+                return inputs + 1.0
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path / "scripts"))
+    monkeypatch.chdir(tmp_path)  # neither the module's folder nor the package's
+    shift = importlib.import_module(module_name).Shift
+    keras.utils.set_random_seed(0)
+    base = AlexNet(input_shape=(SIZE, SIZE, 3), classes=3, initialization="glorot",
+                   classifier_activation=None)
+    custom = keras.Model(base.input, shift()(base.output))
+    images = np.random.default_rng(6).integers(0, 256, (2, 70, 70, 3), dtype=np.uint8)
+    inputs = EvalPreset(crop_size=SIZE, resize_size=256).preprocess(tf.constant(images)).numpy()
+    scores = keras.ops.convert_to_numpy(custom(inputs)).astype("float64")
+    expected = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    path = export_saved_model(custom, tmp_path / "export", outputs="logits")
     served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
 

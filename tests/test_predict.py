@@ -1,6 +1,7 @@
 """`python -m keras_alexnet.predict` and a SavedModel export of pretrained weights,
 checked against Caffe's semantics (tests/caffe_reference.py)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -64,6 +65,50 @@ def test_ten_crop_averages_the_papers_crops(caffemodel, photos):
     best = np.argsort(-expected)[:3]
     assert [label for label, _ in labels] == [imagenet_class_names()[i] for i in best]
     np.testing.assert_allclose([value for _, value in labels], expected[best], atol=1e-4)
+
+
+def test_softmax_is_applied_once_wherever_the_model_has_it(photos, tmp_path):
+    """A .keras model ending in a Softmax layer or wrapping a softmax AlexNet gives
+    the softmax of its logits, not the softmax of its probabilities."""
+    png, _, pixels = photos
+    keras.utils.set_random_seed(3)
+    logits = AlexNet(input_shape=(67, 67, 3), classes=3, initialization="glorot",
+                     include_preprocessing=True, classifier_activation=None)
+    crop = EvalPreset(crop_size=67, normalize=False).preprocess(pixels[None]).numpy()
+    # Logits spread by about 2, so that probabilities and their softmax differ clearly.
+    spread = np.ptp(keras.ops.convert_to_numpy(logits(crop, training=False)))
+    fc8 = logits.get_layer("fc8")
+    fc8.kernel.assign(fc8.kernel * (2.0 / spread))
+    with_softmax = AlexNet(input_shape=(67, 67, 3), classes=3, include_preprocessing=True)
+    with_softmax.set_weights(logits.get_weights())
+    models = {
+        "logits": logits,
+        "softmax_layer": keras.Model(logits.input, keras.layers.Softmax()(logits.output)),
+        "wrapped": keras.Sequential([keras.Input((67, 67, 3)), with_softmax]),
+    }
+    scores = keras.ops.convert_to_numpy(logits(crop, training=False))[0].astype("float64")
+    expected = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    assert expected.max() - expected.min() > 0.05  # a second softmax would show
+    for name, model in models.items():
+        model.save(tmp_path / f"{name}.keras")
+        loaded = predict.load_model(str(tmp_path / f"{name}.keras"))
+        ((_, labels),) = predict.classify(loaded, [str(png)], top=3)
+        np.testing.assert_allclose([value for _, value in labels],
+                                   np.sort(expected)[::-1], atol=1e-5, err_msg=name)
+        assert [label for label, _ in labels] == [str(i) for i in np.argsort(-expected)]
+
+
+def test_a_keras_model_under_the_home_folder_loads(photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    keras.utils.set_random_seed(5)
+    model = AlexNet(input_shape=(67, 67, 3), classes=3, include_preprocessing=True)
+    model.save(tmp_path / "small.keras")
+    loaded = predict.load_model("~/small.keras")
+    for saved, restored in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored),
+                                      keras.ops.convert_to_numpy(saved))
+    assert predict.main(["--weights", "~/small.keras", "--top", "3", str(photos[0])]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == str(photos[0])
 
 
 def test_predict_bad_input_exits_2(caffemodel, tmp_path, capsys):

@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -158,6 +159,12 @@ def test_eval_preset_for_model():
                                                include_preprocessing=True))
     assert (normalizing.crop_size, normalizing.resize_size, normalizing.normalize) == (
         67, 256, False)
+    # Wrapped in a Sequential or a functional model, it still normalises itself.
+    inner = AlexNet(input_shape=(67, 67, 3), classes=3, include_preprocessing=True)
+    inputs = keras.Input((67, 67, 3))
+    for wrapped in (keras.Sequential([keras.Input((67, 67, 3)), inner]),
+                    keras.Model(inputs, inner(inputs))):
+        assert EvalPreset.for_model(wrapped) == EvalPreset.for_model(inner)
     plain = EvalPreset.for_model(AlexNet(variant="one_weird_trick"), ten_crop=True)
     assert (plain.crop_size, plain.normalize, plain.ten_crop) == (224, True, True)
     with pytest.raises(ValueError, match="square images"):

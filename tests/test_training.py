@@ -164,6 +164,24 @@ def test_errors_exit_2_and_write_nothing(tmp_path, capsys, arguments, message):
     assert not output.exists()
 
 
+def test_a_missing_optional_dependency_exits_2_and_writes_nothing(colour_folder, tmp_path):
+    """`--policy randaugment` without keras-cv: a one-line error, not a traceback."""
+    output = tmp_path / "run"
+    # train.py run as a script, in a process where `import keras_cv` fails.
+    without_keras_cv = ("import runpy, sys; sys.modules['keras_cv'] = None; "
+                        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], "
+                        "run_name='__main__')")
+    result = subprocess.run(
+        [sys.executable, "-c", without_keras_cv, str(ROOT / "train.py"), "--backend", BACKEND,
+         "--data", str(colour_folder), "--output", str(output), "--epochs", "1", *FAST,
+         "--policy", "randaugment"],
+        cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: policy='randaugment' needs keras-cv" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not output.exists()
+
+
 def test_unknown_backend_and_unwritable_output(tmp_path):
     result = run_train("--output", str(tmp_path / "run"), backend="theano")
     assert result.returncode == 2 and "theano" in result.stderr

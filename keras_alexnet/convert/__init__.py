@@ -91,7 +91,8 @@ def read_weights(path):
 
     Args:
         path: a `.caffemodel` (Caffe), `.pth` / `.pt` (a PyTorch state dict
-            of torchvision's AlexNet) or `.weights.h5` (Keras) file.
+            of torchvision's AlexNet) or `.weights.h5` (Keras) file; a
+            leading `~` is the home folder.
 
     Returns:
         A `PretrainedWeights`: the architecture the weights need (unknown
@@ -108,7 +109,8 @@ def read_weights(path):
     >>> weights.variant, weights.classes
     ('original', 1000)
     """
-    name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    name = (os.path.expanduser(os.fspath(path)) if isinstance(path, (str, os.PathLike))
+            else None)
     reader = next((reader for suffix, reader in _READERS.items()
                    if name is not None and name.endswith(suffix)), None)
     if reader is None:
@@ -133,7 +135,8 @@ def convert_weights(source, destination, overwrite=False):
 
     Args:
         source: a `.caffemodel` or `.pth` / `.pt` file.
-        destination: the `.weights.h5` file to write.
+        destination: the `.weights.h5` file to write (a leading `~` is the
+            home folder, as for `source`).
         overwrite: replace an existing destination; without it an existing
             file is an error and is left untouched.
 
@@ -150,7 +153,7 @@ def convert_weights(source, destination, overwrite=False):
 
     from keras_alexnet.models import AlexNet
 
-    destination = Path(destination)
+    destination = Path(os.path.expanduser(os.fspath(destination)))
     if not destination.name.endswith(".weights.h5"):
         raise ValueError(
             "The destination must be a `.weights.h5` file. "

@@ -1,5 +1,5 @@
 """AlexNet model builders."""
 
-from keras_alexnet.models.alexnet import AlexNet, normalizes_inputs
+from keras_alexnet.models.alexnet import AlexNet, normalizes_inputs, resolve_outputs
 
-__all__ = ["AlexNet", "normalizes_inputs"]
+__all__ = ["AlexNet", "normalizes_inputs", "resolve_outputs"]
