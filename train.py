@@ -27,11 +27,12 @@ alone continues it; arguments given again must agree, except more --epochs.
 as squares of --resize-size (256) in DIR, and exits; --data DIR then trains
 from it, at that --resize-size (another is refused). --prepare and
 --data-service run in one process: with several processes they are refused
-(exit code 2) before any process joins. Exit codes: 0 done, 2 bad arguments, data or output folder (nothing
-written), 3 the loss became NaN, 4 --prepare failed while writing (a full
-disk, say; what was complete is kept and the same command continues it), 5 no
-batch came from the --data-service for --service-timeout seconds (a lost worker;
-the last checkpoint is kept for --resume), 6 a run over several processes lost one.
+(exit code 2) before any process joins. Exit codes: 0 done, 2 bad arguments,
+data or output folder (nothing written), 3 the loss became NaN, 4 --prepare
+failed while writing (a full disk, say; what was complete is kept and the same
+command continues it), 5 no batch came from the --data-service for
+--service-timeout seconds (a lost worker; the last checkpoint is kept for
+--resume), 6 a run over several processes lost one.
 
 A run over several processes (JAX): every process runs the same command but
 --process-id (or gets KERAS_DISTRIBUTION_NUM_PROCESSES, _PROCESS_ID and
