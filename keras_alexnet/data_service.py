@@ -38,8 +38,7 @@ One training process only, for now: over several processes each would draw
 its own batches from the service instead of its part of each global batch,
 so `training.train` raises `ValueError` and `train.py --data-service` is
 refused (exit code 2) before the processes join. Use the service with one
-training process (its devices may still be data- or model-parallel), or
-several processes without it.
+training process, or several processes without it.
 
 Undecodable files are named on the standard error of the worker that meets
 them; the trainer cannot write them to its run folder. It counts the examples
