@@ -25,11 +25,15 @@ gets its own folder, runs/<data>-<date>-<time> unless --output names one.
 alone continues it; arguments given again must agree, except more --epochs.
 --prepare DIR writes the --data or --dataset source (or the embedded one) once
 as squares of --resize-size (256) in DIR, and exits; --data DIR then trains
-from it. Exit codes: 0 done, 2 bad arguments, data or output folder, or a
-missing optional dependency an argument needs (nothing written), 3 the loss became NaN, 4 --prepare failed while writing (a full
-disk, say; what was complete is kept and the same command continues it), 5 no
-batch came from the --data-service for --service-timeout seconds (a lost worker;
-the last checkpoint is kept for --resume), 6 a run over several processes lost one.
+from it, at that --resize-size (another is refused). --prepare and
+--data-service run in one process: with several processes they are refused
+(exit code 2) before any process joins. Exit codes: 0 done, 2 bad arguments,
+data or output folder, or a missing optional dependency an argument needs
+(nothing written), 3 the loss became NaN, 4 --prepare failed while writing (a
+full disk, say; what was complete is kept and the same command continues it),
+5 no batch came from the --data-service for --service-timeout seconds (a lost
+worker; the last checkpoint is kept for --resume), 6 a run over several
+processes lost one.
 
 A run over several processes (JAX): every process runs the same command but
 --process-id (or gets KERAS_DISTRIBUTION_NUM_PROCESSES, _PROCESS_ID and
@@ -90,10 +94,10 @@ def parse_arguments(argv=None):
                       help="held out per class when there is no validation split (0.1).")
     data.add_argument("--prepare", metavar="DIR",
                       help="write the data once as --resize-size squares (256) in sharded "
-                           "TFRecords in DIR, and exit; train with --data DIR.")
+                           "TFRecords in DIR, and exit; train with --data DIR (one process).")
     data.add_argument("--data-service", metavar="grpc://HOST:PORT",
                       help="make the training batches on a tf.data service (python -m "
-                           "keras_alexnet.data_service).")
+                           "keras_alexnet.data_service); one training process.")
     data.add_argument("--service-timeout", type=float, metavar="SECONDS",
                       help="with --data-service: stop (exit code 5) after this long without "
                            "a training batch, e.g. a worker lost for good (600).")
@@ -104,7 +108,8 @@ def parse_arguments(argv=None):
                         help="crop size (the variant's: 227, 224 for one_weird_trick and "
                              "zfnet; demo 67).")
     recipe.add_argument("--resize-size", type=int,
-                        help="short side before cropping (256; demo: image size x 256/227).")
+                        help="short side before cropping (256; demo: image size x 256/227; "
+                             "a prepared folder: its size).")
     recipe.add_argument("--epochs", type=int, help="epochs (90; demo 15).")
     recipe.add_argument("--batch-size", type=int, help="global batch size (128; demo 64).")
     recipe.add_argument("--lr", type=float, help="learning rate (0.01).")
@@ -216,15 +221,27 @@ def resume_arguments(args, settings):
     return settings["recipe"]
 
 
-def make_recipe(args, training, recorded=None):
-    """The Recipe of the command line: demo or paper defaults, or a resumed run's own."""
+def make_recipe(args, training, source, recorded=None):
+    """The Recipe of the command line: demo or paper defaults, or a resumed run's own.
+
+    A prepared folder's squares set the default --resize-size (any other is
+    refused by `training.make_datasets`: it would resize them again).
+    """
     options = {RECIPE_OPTIONS.get(key, key): value for key, value in vars(args).items()}
     fields = [field.name for field in dataclasses.fields(training.Recipe)]
     chosen = {name: options[name] for name in fields
               if options.get(name) is not None}
     if recorded is not None:
         return training.Recipe(**{**recorded, **chosen})
-    if not (args.data or args.dataset):
+    if source.prepared_size is not None:
+        image_size = chosen.get("image_size", training.Recipe.image_size)
+        if image_size > source.prepared_size:
+            raise ValueError(
+                f"{source.name} holds {source.prepared_size}x{source.prepared_size} squares, "
+                f"too small for crops of {image_size}; give a smaller --image-size, or prepare "
+                f"the data again with --resize-size at least {image_size}.")
+        chosen.setdefault("resize_size", source.prepared_size)
+    elif not (args.data or args.dataset):
         chosen = {**DEMO_SETTINGS, **chosen}
         chosen.setdefault("resize_size", round(chosen["image_size"] * PAPER_RESIZE_RATIO))
     elif "resize_size" not in chosen and "image_size" in chosen:
@@ -259,6 +276,36 @@ def prepare(args, data):
         return 4
     print(f"Train from it with: python train.py --data {os.path.abspath(args.prepare)}")
     return 0
+
+
+def refuse_several_processes(args, distribute):
+    """Raises ValueError if --prepare or --data-service is given to one of several processes.
+
+    Checked before any process joins (and before the backend's own checks of
+    a run over several processes), so every process of a launcher fails at
+    once with the same message, connecting to nothing and writing nothing.
+    """
+    if not (args.prepare or args.data_service):
+        return
+    variable = distribute.ENVIRONMENT["num_processes"]
+    named = args.num_processes if args.num_processes is not None else os.environ.get(variable)
+    try:
+        count = int(named) if named is not None else 1
+    except ValueError:
+        return  # not a number: resolve_processes says so
+    if count <= 1:
+        return
+    where = f"--num-processes or {variable}"
+    if args.prepare:
+        raise ValueError(
+            f"--prepare writes {args.prepare} from one process, but this command names "
+            f"{count} processes ({where}): every one would write into it. Run --prepare once, "
+            "as a single process, then train with --data on the prepared folder.")
+    raise ValueError(
+        f"--data-service is not supported yet in a run over several processes ({count} "
+        f"named by {where}): each process would draw its own batches from the service "
+        "instead of its part of each global batch. Train with --data-service in one process, "
+        "or over several processes without it (each process reads its part of --data).")
 
 
 def join_processes(args, distribute):
@@ -308,6 +355,11 @@ def main(argv=None):
     from keras_alexnet import data, distribute, training
     from keras_alexnet.run_folder import RunFolder, RunFolderError
 
+    try:
+        refuse_several_processes(args, distribute)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.prepare:
         return prepare(args, data)
     print(f"Keras backend: {keras.backend.backend()}")
@@ -321,13 +373,13 @@ def main(argv=None):
             recorded = resume_arguments(args, settings) if args.resume else None
             if args.data and not os.path.isdir(os.path.expanduser(args.data)):
                 raise ValueError(f"--data: no such folder: {args.data}")
-            recipe = make_recipe(args, training, recorded)
             if args.cpu_devices and keras.backend.backend() == "tensorflow":
                 distribute.split_cpu_for_tensorflow(args.cpu_devices)
             source = data.from_arguments(args.data, args.dataset, args.data_dir,
                                          args.manual_dir,
                                          0.1 if args.validation_fraction is None
                                          else args.validation_fraction)
+            recipe = make_recipe(args, training, source, recorded)
         summary = training.train(
             recipe, source, output, resume=args.resume, overwrite=args.overwrite,
             distribute=args.distribute or "none", export=args.export,

@@ -34,6 +34,12 @@ is not read again, and the trainer then says the epoch came short. If no batch c
 message (a blocked read cannot be interrupted); its last checkpoint is kept,
 and `train.py --resume` continues once the workers are back.
 
+One training process only, for now: over several processes each would draw
+its own batches from the service instead of its part of each global batch,
+so `training.train` raises `ValueError` and `train.py --data-service` is
+refused (exit code 2) before the processes join. Use the service with one
+training process, or several processes without it.
+
 Undecodable files are named on the standard error of the worker that meets
 them; the trainer cannot write them to its run folder. It counts the examples
 each epoch delivers and says when an epoch ended short (those files, or a

@@ -10,7 +10,8 @@ The run folder (`keras_alexnet.run_folder`) holds `run.json` (the settings),
 `backup/` (the checkpoint a killed run resumes from: weights, optimizer
 state, epoch, the learning-rate schedule's state), `best.keras` and
 `best.json` (its score), `final.keras`, `log.csv`, `tensorboard/`, the
-names of undecodable files met in `skipped_files.txt`, and, once finished,
+names of the files skipped in `skipped_files.txt` (undecodable ones met in
+training, and those the source left out: `Source.skipped`), and, once finished,
 `summary.json`. In a run over several processes (`keras_alexnet.distribute`)
 process 0 alone writes it; see `train`.
 """
@@ -504,7 +505,8 @@ class SkippedFilesReport(keras.callbacks.Callback):
     """Warns at the end of each epoch about files the input pipeline could not decode.
 
     The pipeline appends their names to `skipped_files.txt` as it meets them
-    (`keras_alexnet.data`); this names the new ones once.
+    (`keras_alexnet.data`); this names the new ones once. `record` adds the
+    files the source skipped before training (`Source.skipped`).
     """
 
     def __init__(self, path, log=print):
@@ -513,10 +515,21 @@ class SkippedFilesReport(keras.callbacks.Callback):
         self.log = log
         self.reported = set(self.names())
 
+    def record(self, names):
+        """Adds files the source left out before training (when listed or prepared), once."""
+        new = [name for name in dict.fromkeys(names) if name not in self.reported]
+        if new:
+            # surrogateescape: a name that is not valid UTF-8 is written as its own bytes.
+            with open(self.path, "a", encoding="utf-8", errors="surrogateescape") as handle:
+                handle.writelines(f"{name}\n" for name in new)
+            self.log(f"{len(new)} file(s) were left out when the source was listed or "
+                     f"prepared (listed in {self.path}).")
+            self.reported.update(new)
+
     def names(self):
         if not os.path.exists(self.path):
             return []
-        with open(self.path, encoding="utf-8", errors="replace") as handle:
+        with open(self.path, encoding="utf-8", errors="surrogateescape") as handle:
             return list(dict.fromkeys(line.rstrip("\n") for line in handle if line.strip()))
 
     def on_epoch_end(self, epoch, logs=None):
@@ -556,7 +569,9 @@ def make_datasets(recipe, source, skipped_log=None, first_epoch=0, normalize=Tru
     (`"grpc://host:port"`) whose workers then make the training batches
     (`TrainPreset.epochs`); validation stays on this machine.
 
-    Raises ValueError when the training split holds less than one batch.
+    Raises ValueError when the training split holds less than one batch, or
+    when `recipe.resize_size` is not the size of a prepared folder's squares
+    (`source.prepared_size`): it would resize them again.
 
     The training data is `TrainPreset.epochs`: epoch `e` drawn from
     `(recipe.seed, e)`, so a run resumed at `first_epoch` continues as the
@@ -581,6 +596,13 @@ def make_datasets(recipe, source, skipped_log=None, first_epoch=0, normalize=Tru
         raise ValueError(
             f"The training split has {count} images, fewer than one batch of "
             f"{recipe.batch_size}; use a smaller --batch-size."
+        )
+    if source.prepared_size not in (None, recipe.resize_size):
+        raise ValueError(
+            f"{source.name} holds squares of {source.prepared_size}x{source.prepared_size}, "
+            f"prepared once; train it with resize_size={source.prepared_size} (train.py's "
+            "default for a prepared folder): another size would resize them again. Prepare "
+            f"the data again at the size you want. Received: resize_size={recipe.resize_size}"
         )
     train_preset = TrainPreset(crop_size=recipe.image_size, resize_size=recipe.resize_size,
                                lighting_std=recipe.lighting_std, policy=recipe.policy,
@@ -782,6 +804,8 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
                                state=checkpoint["schedule"] if checkpoint else None)
     summary_printer = EpochSummary(recipe.epochs, recipe.batch_size, log)
     skipped_report = SkippedFilesReport(str(run / SKIPPED_FILES), log)
+    if writes:
+        skipped_report.record(source.skipped)
     callbacks = [
         *([StalledServiceWatchdog(data_service, data_service_timeout)] if data_service else []),
         StopOnNaN(),

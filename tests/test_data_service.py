@@ -228,3 +228,30 @@ def test_train_py_on_command_line_servers_stops_when_a_worker_is_lost_for_good(
     assert "continue with --resume" in stderr
     checkpoint = json.loads((output / "backup" / "checkpoint.json").read_text())
     assert checkpoint["epoch"] >= 1 and not (output / "summary.json").exists()
+
+
+def test_train_py_refuses_the_service_with_several_processes_before_joining(numbered,
+                                                                            tmp_path):
+    # Where the dispatcher and process 0 would be: listening, to see that nothing connects.
+    dispatcher, coordinator = (socket.create_server(("localhost", 0)) for _ in range(2))
+    output = tmp_path / "run"
+    try:
+        refused = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), "--backend", keras.backend.backend(),
+             "--data", str(numbered), "--output", str(output), "--distribute", "data-parallel",
+             "--data-service", f"grpc://localhost:{dispatcher.getsockname()[1]}",
+             "--num-processes", "2", "--process-id", "0",
+             "--job-addresses", f"localhost:{coordinator.getsockname()[1]}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert ("--data-service is not supported yet in a run over several processes (2 "
+                "named by --num-processes") in refused.stderr
+        assert "Train with --data-service in one process" in refused.stderr
+        for server in (dispatcher, coordinator):
+            server.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                server.accept()  # no connection is waiting
+        assert not output.exists()
+    finally:
+        dispatcher.close()
+        coordinator.close()

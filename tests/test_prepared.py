@@ -1,7 +1,9 @@
 """data.prepare / data.prepared: the paper's squares written once, resumably; the fused crop."""
 
+import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +19,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_alexnet import AlexNet, data
-from keras_alexnet.data.prepared import METADATA, PROGRESS
+from keras_alexnet.data.prepared import LOCK, METADATA, PROGRESS
 from keras_alexnet.presets import TrainPreset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +185,42 @@ def test_a_folder_of_another_source_or_size_is_refused_and_left_alone(folder, tm
         with pytest.raises(ValueError, match=message):
             data.prepare(source, tmp_path / "bad", **arguments)
     assert not (tmp_path / "bad").exists()
+
+
+def test_one_prepare_writes_a_folder_at_a_time(folder, tmp_path):
+    source = _source(folder)
+    target = tmp_path / "prepared"
+    target.mkdir()
+    # A prepare killed before writing its plan leaves its lock file alone:
+    # the folder still counts as empty.
+    (target / LOCK).touch()
+    with open(target / LOCK) as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running prepare holds it
+        with pytest.raises(data.PreparedFolderError,
+                           match=f"Another prepare is writing into {re.escape(str(target))}"):
+            data.prepare(source, target, size=SIZE, log=lambda line: None)
+        assert _files(target) == {LOCK: b""}  # nothing written, nothing deleted
+    data.prepare(source, target, size=SIZE, log=lambda line: None)  # once it is released
+    assert sum(data.prepared(target).counts.values()) == 24  # every decodable image
+
+
+def test_train_py_refuses_to_prepare_from_several_processes(folder, tmp_path):
+    """Every task of a launcher would write into the same folder."""
+    target = tmp_path / "prepared"
+    command = [sys.executable, str(ROOT / "train.py"), "--backend", keras.backend.backend(),
+               "--data", str(folder), "--prepare", str(target)]
+    launched = {"KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": "1",
+                "KERAS_DISTRIBUTION_JOB_ADDRESSES": "localhost:1"}
+    for arguments, environment in (
+            (["--num-processes", "2", "--process-id", "0", "--job-addresses", "localhost:1"],
+             {}),
+            ([], launched)):
+        refused = subprocess.run([*command, *arguments], cwd=ROOT, capture_output=True,
+                                 text=True, env={**os.environ, **environment}, timeout=120)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert "--prepare writes" in refused.stderr and "names 2 processes" in refused.stderr
+        assert "Run --prepare once" in refused.stderr
+        assert not target.exists()
 
 
 PREPARE_SCRIPT = textwrap.dedent("""
@@ -367,7 +405,7 @@ def test_prepared_jpeg_epochs_repeat_resume_and_feed_model_fit(folder, tmp_path)
     assert np.isfinite(history.history["loss"][0])
 
 
-def test_train_py_prepares_and_trains_from_the_prepared_folder(folder, tmp_path):
+def test_train_py_prepares_and_trains_from_the_prepared_folder_at_its_size(folder, tmp_path):
     target, output = tmp_path / "prepared", tmp_path / "run"
     command = [sys.executable, str(ROOT / "train.py"), "--backend", keras.backend.backend()]
     prepared = subprocess.run([*command, "--data", str(folder), "--prepare", str(target),
@@ -376,16 +414,29 @@ def test_train_py_prepares_and_trains_from_the_prepared_folder(folder, tmp_path)
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     assert f"Train from it with: python train.py --data {target}" in prepared.stdout
     assert "2 undecodable file(s) skipped" in prepared.stdout
-    assert data.prepared(target).jpeg_size == 72
+    assert data.prepared(target).prepared_size == data.prepared(target).jpeg_size == 72
     refused = subprocess.run([*command, "--data", str(folder), "--prepare", str(target),
                               "--resize-size", "64"], cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "size: 72 -> 64" in refused.stderr
-    trained = subprocess.run([*command, "--data", str(target), "--output", str(output),
-                              "--epochs", "1", "--image-size", "67", "--resize-size", "72",
-                              "--batch-size", "8", "--init", "he", "--quiet", "--seed", "0"],
-                             cwd=ROOT, capture_output=True, text=True)
+    train = [*command, "--data", str(target), "--epochs", "1", "--steps-per-epoch", "2",
+             "--batch-size", "8", "--init", "he", "--quiet", "--seed", "0"]
+    # The squares are never resized again: another --resize-size is refused.
+    for arguments, message in ((["--image-size", "64", "--resize-size", "80"],
+                                "train it with resize_size=72"),
+                               (["--image-size", "80"], "too small for crops of 80")):
+        refused = subprocess.run([*train, *arguments, "--output", str(output)], cwd=ROOT,
+                                 capture_output=True, text=True)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-3000:]
+        assert not output.exists()
+    trained = subprocess.run([*train, "--image-size", "64", "--output", str(output)], cwd=ROOT,
+                             capture_output=True, text=True)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "72x72 jpeg, prepared from" in trained.stdout
+    assert json.loads((output / "run.json").read_text())["recipe"]["resize_size"] == 72
     summary = json.loads((output / "summary.json").read_text())
     assert summary["examples"] == data.prepared(target).counts["validation"]
-    assert summary["skipped_files"] == []
+    # The files skipped when it was prepared are named in the run too.
+    bad_files = sorted(str(folder / name) for name in BAD_FILES)
+    assert sorted(summary["skipped_files"]) == bad_files
+    assert sorted((output / "skipped_files.txt").read_text().split()) == bad_files
+    assert "2 file(s) were left out when the source was listed or prepared" in trained.stdout

@@ -243,6 +243,27 @@ def test_overwrite_with_export_never_replaces_a_serving_folder(colour_folder, tm
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+def test_skipped_files_are_named_in_the_run_and_do_not_stop_it(tmp_path):
+    images = write_colour_folder(tmp_path / "images", COLOURS, 8)
+    good = (images / "red" / "0.jpg").read_bytes()
+    corrupt = images / "red" / "corrupt.jpg"
+    corrupt.write_bytes(good[: len(good) // 3])  # met by the pipeline
+    not_utf8 = os.path.join(os.fsencode(images / "green"), b"caf\xe9.jpg")
+    with open(not_utf8, "wb") as handle:  # left out when the folder is listed
+        handle.write(good)
+    output = tmp_path / "run"
+    result = run_train("--data", str(images), "--output", str(output), "--epochs", "1", *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (f"warning: skipped 1 file(s) that could not be decoded as images (listed in "
+            f"{output / 'skipped_files.txt'}): {corrupt}") in result.stdout
+    assert "1 file(s) were left out when the source was listed" in result.stdout
+    named = (output / "skipped_files.txt").read_bytes().splitlines()
+    assert sorted(named) == sorted([os.fsencode(corrupt), not_utf8])
+    summary = json.loads((output / "summary.json").read_text())
+    assert sorted(map(os.fsencode, summary["skipped_files"])) == sorted(named)
+    assert summary["examples"] > 0
+
+
 def test_fewer_than_one_batch_is_refused_with_steps_per_epoch_too(colour_folder, tmp_path):
     output = tmp_path / "run"
     result = run_train("--data", str(colour_folder), "--output", str(output), *FAST,
@@ -312,13 +333,14 @@ def test_each_run_gets_its_own_default_folder(colour_folder, tmp_path):
 
 
 def test_demo_defaults_are_seeded_and_follow_the_image_size():
+    images = data.Source(splits={}, class_names=["a", "b"])  # not prepared
     _, args = train_script.parse_arguments([])
-    recipe = train_script.make_recipe(args, training)
+    recipe = train_script.make_recipe(args, training, images)
     assert recipe.seed == 0 and (recipe.image_size, recipe.resize_size) == (67, 76)
     _, args = train_script.parse_arguments(["--image-size", "227"])
-    assert train_script.make_recipe(args, training).resize_size == 256
+    assert train_script.make_recipe(args, training, images).resize_size == 256
     _, args = train_script.parse_arguments(["--data", "x", "--seed", "3"])
-    recipe = train_script.make_recipe(args, training)
+    recipe = train_script.make_recipe(args, training, images)
     assert (recipe.seed, recipe.image_size, recipe.resize_size) == (3, 227, 256)
     # Without --image-size, the variant's own input size (AlexNet's default input shape).
     for variant in ("one_weird_trick", "zfnet"):

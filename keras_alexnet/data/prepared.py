@@ -26,11 +26,19 @@ A prepared folder holds:
 - `keras_alexnet_prepared.json`: written last, when every shard is
   complete: the plan, then per split the shards, the examples written and
   the files skipped as undecodable.
+- `prepare.lock`: an empty file that a running `prepare` holds with an
+  exclusive `flock`, so a second `prepare` into the same folder (every
+  task of a cluster job running the same command, say) is refused instead
+  of deleting the first one's temporary shards. It stays after `prepare`
+  ends; the lock itself goes with the process, so a killed `prepare` never
+  blocks the next.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import errno
+import fcntl
 import json
 import os
 import threading
@@ -48,6 +56,7 @@ SCHEMA = 1
 PLAN = "plan.json"
 PROGRESS = "progress.jsonl"
 METADATA = "keras_alexnet_prepared.json"
+LOCK = "prepare.lock"
 IMAGE_FORMATS = ("jpeg", "png")
 # Shards written at once: each runs its own parallel tf.data pipeline, so
 # that one shard's last images never leave the cores idle.
@@ -100,6 +109,9 @@ def prepare(source, directory, size=256, format="jpeg", quality=95, images_per_s
     preparation of another source, size, format or shard size is refused
     with the differences named, and a folder holding anything else is
     refused too: nothing is overwritten. A finished folder is left as it is.
+    One `prepare` writes a folder at a time: while one runs, another into
+    the same folder raises `PreparedFolderError` (see `prepare.lock` in the
+    module docstring).
 
     Args:
         source: a `keras_alexnet.data.Source` whose splits can be read in
@@ -125,10 +137,40 @@ def prepare(source, directory, size=256, format="jpeg", quality=95, images_per_s
     plan = _plan(source, size, format, quality, images_per_shard)
     directory = Path(os.path.expanduser(os.fspath(directory)))
     finished = _check_directory(directory, plan)
-    if finished is not None:
-        log(f"{directory} is already prepared from {source.name}; nothing to do.")
-        return finished
-    directory.mkdir(parents=True, exist_ok=True)
+    if finished is None:
+        directory.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(directory):
+            # Checked again under the lock: another prepare may have planned or
+            # finished this folder since.
+            finished = _check_directory(directory, plan)
+            if finished is None:
+                return _write(source, directory, plan, log)
+    log(f"{directory} is already prepared from {source.name}; nothing to do.")
+    return finished
+
+
+@contextlib.contextmanager
+def _exclusive_lock(directory):
+    """Holds `directory/prepare.lock` (`flock`) or refuses: one `prepare` per folder at a time.
+
+    Two prepares writing one folder would delete each other's temporary
+    shards. The lock is released when the process ends, however it ends;
+    the file stays (removing it would race with a prepare taking it).
+    """
+    with open(directory / LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PreparedFolderError(
+                f"Another prepare is writing into {directory} (it holds {directory / LOCK}); "
+                "run one prepare per folder: wait for it to finish, or prepare into another "
+                "folder (nothing was changed)."
+            ) from None
+        yield
+
+
+def _write(source, directory, plan, log):
+    """Writes the shards not yet complete, then the metadata; under the folder's lock."""
     if not (directory / PLAN).exists():
         _write_json_atomically(directory / PLAN, plan)
     for stale in directory.glob("*.tmp"):  # shards a killed run was writing
@@ -139,7 +181,8 @@ def prepare(source, directory, size=256, format="jpeg", quality=95, images_per_s
     pending = [shard for shard in shards
                if shard.name not in done or not (directory / shard.name).exists()]
     total = sum(shard.stop - shard.start for shard in pending)
-    log(f"Preparing {source.name} into {directory}: {size}x{size} {format}, "
+    log(f"Preparing {source.name} into {directory}: {plan['size']}x{plan['size']} "
+        f"{plan['image_format']}, "
         f"{len(shards) - len(pending)} of {len(shards)} shards already complete, "
         f"{total} images to write.")
     writer = _ShardWriter(source, directory, plan)
@@ -211,7 +254,8 @@ def _check_directory(directory, plan):
         raise PreparedFolderError(f"{directory} exists and is not a folder.")
     recorded = _read_json(directory / PLAN)
     if recorded is None:
-        if any(directory.iterdir()):
+        # A lock alone is what a prepare killed before its plan leaves.
+        if any(entry.name != LOCK for entry in directory.iterdir()):
             raise PreparedFolderError(
                 f"{directory} is not empty and holds no preparation ({PLAN} is missing); "
                 "prepare into a new or empty folder (nothing was changed)."
@@ -379,10 +423,12 @@ def prepared(directory):
     Its splits read the shards: in order without shuffling; shuffled, in an
     order of the shards drawn from `(seed, epoch)` (see `Source.examples`),
     `INTERLEAVED_SHARDS` at a time. Examples are decoded `size` x `size`
-    squares, so `TrainPreset(resize_size=size)` resizes nothing; for JPEG
-    the source sets `jpeg_size`, and the training presets then decode only
-    each crop's window (`Source.units` gives the JPEG bytes). The files
-    skipped when it was prepared are `Source.skipped`.
+    squares (`Source.prepared_size`), so `TrainPreset(resize_size=size)`
+    resizes nothing, and training takes that `resize_size`; for JPEG the
+    source sets `jpeg_size`, and the training presets then decode only each
+    crop's window (`Source.units` gives the JPEG bytes). The files skipped
+    when it was prepared are `Source.skipped` (training names them in its
+    `skipped_files.txt` and `summary.json`).
 
     Args:
         directory: the prepared folder.
@@ -423,7 +469,7 @@ def prepared(directory):
     return Source(splits=splits, class_names=metadata["class_names"], skipped=skipped,
                   name=f"{directory} ({size}x{size} {image_format}, prepared from "
                        f"{metadata['source']})",
-                  jpeg_size=size if image_format == "jpeg" else None)
+                  prepared_size=size, jpeg_size=size if image_format == "jpeg" else None)
 
 
 def _prepared_split(paths, count, size, decode):

@@ -60,6 +60,11 @@ class Source:
             not valid UTF-8, say). Files that turn out not to decode are
             skipped later, as the pipeline meets them (see `examples`).
         name: a short description (folder path or TFDS name).
+        prepared_size: set where every image is already a `prepared_size` x
+            `prepared_size` square (a prepared folder, in any format): the
+            `resize_size` to train it with, since any other would resize
+            the squares again (`keras_alexnet.training.make_datasets`
+            refuses that).
         jpeg_size: set where every image is stored as a `jpeg_size` x
             `jpeg_size` JPEG (a prepared folder): `Split.read_units` then
             gives the JPEG bytes undecoded, so a preset can decode only the
@@ -70,6 +75,7 @@ class Source:
     class_names: list
     skipped: list = dataclasses.field(default_factory=list)
     name: str = ""
+    prepared_size: int | None = None
     jpeg_size: int | None = None
 
     @property
