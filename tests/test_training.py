@@ -345,7 +345,7 @@ def test_demo_defaults_are_seeded_and_follow_the_image_size():
     # Without --image-size, the variant's own input size (AlexNet's default input shape).
     for variant in ("one_weird_trick", "zfnet"):
         _, args = train_script.parse_arguments(["--data", "x", "--variant", variant])
-        recipe = train_script.make_recipe(args, training)
+        recipe = train_script.make_recipe(args, training, images)
         assert (recipe.image_size, recipe.resize_size) == (224, 256)
         assert AlexNet(variant=variant, weights=None).input_shape[1] == recipe.image_size
 
