@@ -206,7 +206,8 @@ def test_train_py_on_command_line_servers_stops_when_a_worker_is_lost_for_good(
     training_run = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "--backend", keras.backend.backend(),
          "--data", str(prepared), "--data-service", f"grpc://localhost:{dispatcher_port}",
-         "--service-timeout", "10", "--output", str(output), "--epochs", "4",
+         # Long enough for the first batch's compilation on a loaded machine.
+         "--service-timeout", "40", "--output", str(output), "--epochs", "4",
          "--image-size", "67", "--resize-size", "72", "--batch-size", "6", "--init", "he",
          "--quiet", "--seed", "0"],
         cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
