@@ -234,11 +234,8 @@ def make_recipe(args, training, source, recorded=None):
     if recorded is not None:
         return training.Recipe(**{**recorded, **chosen})
     if source.prepared_size is not None:
-        from keras_alexnet.models.alexnet import DEFAULT_INPUT_SHAPES
-
-        # Recipe's default: the variant's input size.
         image_size = (chosen.get("image_size")
-                      or DEFAULT_INPUT_SHAPES[chosen.get("variant") or "original"][0])
+                      or training.default_image_size(chosen.get("variant")))
         if image_size > source.prepared_size:
             raise ValueError(
                 f"{source.name} holds {source.prepared_size}x{source.prepared_size} squares, "

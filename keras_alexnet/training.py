@@ -58,6 +58,12 @@ class NaNLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
+def default_image_size(variant):
+    """The crop size a `Recipe` of `variant` trains at without `image_size`:
+    `AlexNet`'s default input size (227, or 224 for one_weird_trick and zfnet)."""
+    return DEFAULT_INPUT_SHAPES[variant or "original"][0]
+
+
 @dataclasses.dataclass
 class Recipe:
     """Training settings; the defaults are the paper's (§5).
@@ -115,7 +121,7 @@ class Recipe:
     def __post_init__(self):
         validate_architecture(self.variant, self.initialization, self.dropout)
         if self.image_size is None:
-            self.image_size = DEFAULT_INPUT_SHAPES[self.variant or "original"][0]
+            self.image_size = default_image_size(self.variant)
         for name in ("image_size", "resize_size", "epochs", "batch_size", "lr_patience"):
             check_positive_int(name, getattr(self, name))
         if self.steps_per_epoch is not None:
@@ -583,10 +589,10 @@ def make_datasets(recipe, source, skipped_log=None, first_epoch=0, normalize=Tru
     neighbours.
 
     TensorFlow's global seed is cleared first (`tf.random.set_seed(None)`):
-    `tf.data` shuffles combine their seeds with it, and fail on the presets'
-    per-epoch seeds while it is 0, so a previous seeded run in the same
-    process (`keras.utils.set_random_seed(0)`) would change this run's data
-    or stop it. The datasets are those of a fresh process.
+    `tf.data` shuffles seeded with a number combine it with the global seed
+    (a split without a known size is shuffled so), so a previous seeded run
+    in the same process (`keras.utils.set_random_seed`) would change this
+    run's data. The datasets are those of a fresh process.
     """
     import tensorflow as tf
 
