@@ -25,9 +25,10 @@ gets its own folder, runs/<data>-<date>-<time> unless --output names one.
 alone continues it; arguments given again must agree, except more --epochs.
 --prepare DIR writes the --data or --dataset source (or the embedded one) once
 as squares of --resize-size (256) in DIR, and exits; --data DIR then trains
-from it, at that --resize-size (another is refused). --prepare and
---data-service run in one process: with several processes they are refused
-(exit code 2) before any process joins. Exit codes: 0 done, 2 bad arguments,
+from it, at that --resize-size (another is refused). --prepare runs in one
+process: with several it is refused (exit code 2) before any process joins.
+With --data-service over several processes, each process receives its own
+part of every global batch from the service. Exit codes: 0 done, 2 bad arguments,
 data or output folder, or a missing optional dependency an argument needs
 (nothing written), 3 the loss became NaN, 4 --prepare failed while writing (a
 full disk, say; what was complete is kept and the same command continues it),
@@ -97,7 +98,7 @@ def parse_arguments(argv=None):
                            "TFRecords in DIR, and exit; train with --data DIR (one process).")
     data.add_argument("--data-service", metavar="grpc://HOST:PORT",
                       help="make the training batches on a tf.data service (python -m "
-                           "keras_alexnet.data_service); one training process.")
+                           "keras_alexnet.data_service).")
     data.add_argument("--service-timeout", type=float, metavar="SECONDS",
                       help="with --data-service: stop (exit code 5) after this long without "
                            "a training batch, e.g. a worker lost for good (600).")
@@ -279,34 +280,28 @@ def prepare(args, data):
     return 0
 
 
-def refuse_several_processes(args, distribute):
-    """Raises ValueError if --prepare or --data-service is given to one of several processes.
+def refuse_prepare_over_several_processes(args, distribute):
+    """Raises ValueError if --prepare is given to one of several processes.
 
     Checked before any process joins (and before the backend's own checks of
     a run over several processes), so every process of a launcher fails at
     once with the same message, connecting to nothing and writing nothing.
     """
-    if not (args.prepare or args.data_service):
+    if not args.prepare:
         return
     variable = distribute.ENVIRONMENT["num_processes"]
-    named = args.num_processes if args.num_processes is not None else os.environ.get(variable)
+    named = (args.num_processes if args.num_processes is not None
+             else os.environ.get(variable) or None)
     try:
         count = int(named) if named is not None else 1
     except ValueError:
-        return  # not a number: resolve_processes says so
-    if count <= 1:
-        return
-    where = f"--num-processes or {variable}"
-    if args.prepare:
+        raise ValueError(f"{variable} must be a whole number. Received: {named!r}") from None
+    if count > 1:
         raise ValueError(
             f"--prepare writes {args.prepare} from one process, but this command names "
-            f"{count} processes ({where}): every one would write into it. Run --prepare once, "
-            "as a single process, then train with --data on the prepared folder.")
-    raise ValueError(
-        f"--data-service is not supported yet in a run over several processes ({count} "
-        f"named by {where}): each process would draw its own batches from the service "
-        "instead of its part of each global batch. Train with --data-service in one process, "
-        "or over several processes without it (each process reads its part of --data).")
+            f"{count} processes (--num-processes or {variable}): every one would write into "
+            "it. Run --prepare once, as a single process, then train with --data on the "
+            "prepared folder.")
 
 
 def join_processes(args, distribute):
@@ -357,7 +352,7 @@ def main(argv=None):
     from keras_alexnet.run_folder import RunFolder, RunFolderError
 
     try:
-        refuse_several_processes(args, distribute)
+        refuse_prepare_over_several_processes(args, distribute)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -34,11 +34,12 @@ is not read again, and the trainer then says the epoch came short. If no batch c
 message (a blocked read cannot be interrupted); its last checkpoint is kept,
 and `train.py --resume` continues once the workers are back.
 
-One training process only, for now: over several processes each would draw
-its own batches from the service instead of its part of each global batch,
-so `training.train` raises `ValueError` and `train.py --data-service` is
-refused (exit code 2) before the processes join. Use the service with one
-training process, or several processes without it.
+Several training processes (a run over several machines) share each epoch:
+every process reads the epoch's job under one name (`EpochJobs`), so the
+service hands each process its own batches, of `batch_size / processes`
+examples, first come first served, and together they read each example once.
+Keras then takes each process's batches as its part of the global batch
+(`distribute.distribution_scope(..., per_process_data=True)`).
 
 Undecodable files are named on the standard error of the worker that meets
 them; the trainer cannot write them to its run folder. It counts the examples
@@ -47,7 +48,9 @@ lost worker).
 """
 
 import argparse
+import dataclasses
 import os
+import secrets
 import socket
 import sys
 import threading
@@ -56,6 +59,9 @@ from urllib.parse import urlsplit
 
 import keras
 import tensorflow as tf
+from tensorflow.python.data.experimental.ops import data_service_ops
+
+from keras_alexnet._validation import check_positive_int
 
 # How long the dispatcher waits for a worker's heartbeat before it gives the
 # worker up: the trainer waits that long at most on a worker that died.
@@ -101,30 +107,77 @@ def check_dispatcher(address, timeout=10):
         ) from None
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochJobs:
+    """The jobs on a tf.data service from which the training processes of a run read its epochs.
+
+    Epoch `e` is the job named `f"{name}-epoch-{e}"`. Every training process
+    of the run reads that job, so the service hands each one its own
+    batches of the one epoch (first come, first served) and together they
+    read each example once. The service never reuses a job name, so each
+    training session (a run, and each `--resume` of it) needs a name no
+    other session on that service had: a random one by default.
+
+    Args:
+        service: the dispatcher's address, `"grpc://host:port"`.
+        name: the prefix of the job names; the same on every process of the
+            run (`training.train` has process 0 draw it).
+        processes: the training processes reading each epoch together.
+
+    Example:
+
+    >>> jobs = EpochJobs("grpc://data1:5050", name="run-7f3a", processes=2)
+    >>> preset.epochs(source, batch_size=64, data_service=jobs)  # doctest: +SKIP
+    """
+
+    service: str
+    name: str = dataclasses.field(
+        default_factory=lambda: f"keras-alexnet-{secrets.token_hex(8)}")
+    processes: int = 1
+
+    def __post_init__(self):
+        parse_address(self.service)
+        check_positive_int("processes", self.processes)
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"`name` must be a non-empty string. Received: name={self.name!r}")
+
+    @classmethod
+    def of(cls, data_service):
+        """`data_service` as `EpochJobs`: an address gets a fresh name and one process."""
+        return data_service if isinstance(data_service, cls) else cls(data_service)
+
+
 def distribute_epochs(epoch_batches, service, batch_size, examples_per_epoch, first_epoch=0):
     """Endless training batches, each epoch made by the tf.data service's workers.
 
     `epoch_batches(epoch)` builds one epoch's batches (on the trainer, as a
     graph; the workers run it) from a source whose first dataset is a
     `from_tensor_slices` of units (`Source.units`). Each epoch is registered
-    with the dispatcher and read in its own job with `distributed_epoch`
-    sharding, so each example is read once per epoch across the workers.
+    with the dispatcher and read in its own job (`EpochJobs`) with
+    `distributed_epoch` sharding, so each example is read once per epoch
+    across the workers, and across the training processes sharing the job.
 
     Each worker ends the epoch with a partial batch; the trainer regroups
     them into full batches (`rebatch`, which passes full batches through
     untouched) and drops the epoch's last incomplete one, as the local
     pipeline does: with `steps_per_epoch = examples_per_epoch //
-    batch_size` a Keras epoch is one data epoch. It counts the examples
-    each epoch delivers, and when fewer than `examples_per_epoch` arrive
-    (undecodable files, named on the workers' standard error, or a worker
-    lost mid-epoch, whose units are not read again) it says so on its own
-    standard error; the next epoch then starts a few batches early.
+    batch_size` a Keras epoch is one data epoch. One training process
+    counts the examples each epoch delivers, and when fewer than
+    `examples_per_epoch` arrive (undecodable files, named on the workers'
+    standard error, or a worker lost mid-epoch, whose units are not read
+    again) it says so on its own standard error; the next epoch then starts
+    a few batches early. Several processes sharing the epoch cannot count
+    it: each receives an unknown share, and may start the next epoch's job
+    a few batches before the others (the stream is endless, so every
+    process takes as many steps as the others).
 
     Args:
-        epoch_batches: `epoch_batches(epoch) -> tf.data.Dataset` of batches,
-            `epoch` a scalar int64 tensor.
-        service: the dispatcher's address, `"grpc://host:port"`.
-        batch_size: the global batch size.
+        epoch_batches: `epoch_batches(epoch) -> tf.data.Dataset` of batches
+            of `batch_size`, `epoch` a scalar int64 tensor.
+        service: the dispatcher's address, `"grpc://host:port"`, or the
+            `EpochJobs` of a run over several processes.
+        batch_size: the batch this process receives: the global batch size
+            over the processes sharing the epoch.
         examples_per_epoch: the examples an epoch should deliver.
         first_epoch: the epoch to start from.
 
@@ -137,13 +190,18 @@ def distribute_epochs(epoch_batches, service, batch_size, examples_per_epoch, fi
     ...     lambda epoch: source.units("train", 0, epoch).map(crop).batch(128),
     ...     "grpc://host:5050", 128, source.counts["train"])  # doctest: +SKIP
     """
-    parse_address(service)
+    jobs = EpochJobs.of(service)
 
     def one_epoch(epoch):
-        batches = epoch_batches(epoch).apply(tf.data.experimental.service.distribute(
-            "distributed_epoch", service))
-        return _report_short_epoch(batches, epoch, examples_per_epoch).rebatch(
-            batch_size, drop_remainder=True)
+        # The public `distribute` takes a job name only as a Python string;
+        # here the epoch is a tensor (one `flat_map` makes the endless
+        # stream), and `_distribute` is that transformation without the check.
+        batches = epoch_batches(epoch).apply(data_service_ops._distribute(
+            "distributed_epoch", jobs.service,
+            job_name=tf.strings.join([jobs.name, "-epoch-", tf.strings.as_string(epoch)])))
+        if jobs.processes == 1:
+            batches = _report_short_epoch(batches, epoch, examples_per_epoch)
+        return batches.rebatch(batch_size, drop_remainder=True)
 
     return tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
 

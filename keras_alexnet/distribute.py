@@ -124,7 +124,8 @@ def check_distribution(distribute):
     return True
 
 
-def distribution_scope(distribute, batch_size, model_parallel=PAPER_MODEL_PARALLEL):
+def distribution_scope(distribute, batch_size, model_parallel=PAPER_MODEL_PARALLEL,
+                       per_process_data=False):
     """A context to build and compile the model in, and the number of replicas.
 
     `mirrored`: `tf.distribute.MirroredStrategy` over every GPU (or, with no
@@ -132,6 +133,15 @@ def distribution_scope(distribute, batch_size, model_parallel=PAPER_MODEL_PARALL
     `keras.distribution.DataParallel` over every JAX device;
     `model-parallel`: `model_parallel_distribution(model_parallel)`, whose
     replicas are the devices of its batch axis.
+
+    Over several processes Keras gives each process its part of every
+    global batch of the dataset `fit` gets (`auto_shard_dataset`). With
+    `per_process_data=True` each process's dataset already yields only its
+    own part (`batch_size / processes` examples: a tf.data service job the
+    processes share, `data_service.EpochJobs`), and Keras takes it as it
+    is. Then each process must hold whole model replicas: the processes of
+    a replica split over several would need the same batches, which the
+    service does not send. That is a ValueError.
     """
     if not check_distribution(distribute):
         return contextlib.nullcontext(), 1
@@ -151,8 +161,24 @@ def distribution_scope(distribute, batch_size, model_parallel=PAPER_MODEL_PARALL
         replicas = len(devices)
         distribution = keras.distribution.DataParallel(devices=devices)
     _check_divisible(batch_size, replicas)
+    if per_process_data:
+        _check_whole_replicas_per_process(distribution.device_mesh.shape[-1]
+                                          if distribute == "model-parallel" else 1)
+        distribution.auto_shard_dataset = False
     keras.distribution.set_distribution(distribution)
     return contextlib.nullcontext(), replicas
+
+
+def _check_whole_replicas_per_process(model_parallel):
+    import jax
+
+    if jax.local_device_count() % model_parallel:
+        raise ValueError(
+            f"Each process reads its own batches from the tf.data service, so each must "
+            f"hold whole model replicas of {model_parallel} devices; this process has "
+            f"{jax.local_device_count()}. Give every process a multiple of {model_parallel} "
+            "devices (--cpu-devices on CPUs), or train over several processes without the "
+            "service (each process of a replica then reads the same part of --data).")
 
 
 def _check_divisible(batch_size, devices):

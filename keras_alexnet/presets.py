@@ -283,7 +283,8 @@ class TrainPreset:
 
         Args:
             source: a `keras_alexnet.data.Source` with a `"train"` split.
-            batch_size: global batch size.
+            batch_size: global batch size; with a `data_service` read by
+                several processes (`EpochJobs`), this process's part of it.
             seed: base seed; `None` draws one.
             first_epoch: the epoch to start from.
             cache: decode the training split once, in listing order, and keep
@@ -295,7 +296,9 @@ class TrainPreset:
             skipped_log: where a folder source names files it cannot decode
                 (see `Source.examples`).
             data_service: the tf.data service dispatcher, e.g.
-                `"grpc://host:5050"`, to make the batches on its workers.
+                `"grpc://host:5050"`, to make the batches on its workers, or
+                the `keras_alexnet.data_service.EpochJobs` the processes of
+                a run share.
         """
         check_positive_int("batch_size", batch_size)
         shuffle_buffer = self._shuffle_buffer(shuffle_buffer)

@@ -30,7 +30,8 @@ import numpy as np
 from keras_alexnet import convert, evaluation
 from keras_alexnet import distribute as distribute_lib
 from keras_alexnet._validation import check_positive_int
-from keras_alexnet.data_service import (STALL_TIMEOUT_SECONDS, StalledServiceWatchdog,
+from keras_alexnet.data_service import (STALL_TIMEOUT_SECONDS, EpochJobs,
+                                        StalledServiceWatchdog,
                                         check_dispatcher)
 from keras_alexnet.export import check_export_target, export_saved_model
 from keras_alexnet.models import AlexNet
@@ -573,7 +574,9 @@ def make_datasets(recipe, source, skipped_log=None, first_epoch=0, normalize=Tru
     normalises its inputs itself (`takes_pixel_values`).
     `data_service`: the address of a tf.data service dispatcher
     (`"grpc://host:port"`) whose workers then make the training batches
-    (`TrainPreset.epochs`); validation stays on this machine.
+    (`TrainPreset.epochs`), or the `data_service.EpochJobs` the processes of
+    a run share: each process then receives batches of its part of
+    `recipe.batch_size`. Validation stays on this machine.
 
     Raises ValueError when the training split holds less than one batch, or
     when `recipe.resize_size` is not the size of a prepared folder's squares
@@ -615,11 +618,19 @@ def make_datasets(recipe, source, skipped_log=None, first_epoch=0, normalize=Tru
                                normalize=normalize)
     eval_preset = EvalPreset(crop_size=recipe.image_size, resize_size=recipe.resize_size,
                              normalize=normalize)
+    batch_size = recipe.batch_size
     if data_service is not None:
-        check_dispatcher(data_service)
+        data_service = EpochJobs.of(data_service)
+        check_dispatcher(data_service.service)
         if count is None:
             raise ValueError(f"--data-service needs the size of the training split, which "
                              f"{source.name} does not give; prepare it first (--prepare DIR).")
+        if batch_size % data_service.processes:
+            raise ValueError(
+                f"The global batch size {batch_size} does not divide over the "
+                f"{data_service.processes} processes reading the tf.data service; use a "
+                f"multiple of {data_service.processes}.")
+        batch_size //= data_service.processes
     if count is None:  # a TFDS split without metadata: one pass per epoch
         examples = source.examples("train", shuffle=True, seed=recipe.seed,
                                    skipped_log=skipped_log)
@@ -635,7 +646,7 @@ def make_datasets(recipe, source, skipped_log=None, first_epoch=0, normalize=Tru
         # Where the uninterrupted run would be in the stream of batches: a
         # capped --steps-per-epoch makes Keras epochs and data epochs differ.
         data_epoch, offset = divmod(first_epoch * steps, data_epoch_batches)
-        train = train_preset.epochs(source, recipe.batch_size, seed=recipe.seed,
+        train = train_preset.epochs(source, batch_size, seed=recipe.seed,
                                     first_epoch=data_epoch, cache=cache,
                                     skipped_log=skipped_log,
                                     data_service=data_service).skip(offset)
@@ -740,8 +751,10 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         data_service: a tf.data service dispatcher, `"grpc://host:port"`:
             its workers make the training batches (see `make_datasets`).
             Files they cannot decode are named in the workers' logs, not in
-            `skipped_files.txt`; this process says when an epoch came short.
-            One training process only.
+            `skipped_files.txt`; one training process says when an epoch
+            came short. Several processes share each epoch's job, each
+            receiving its own part of every global batch (see
+            `data_service.EpochJobs`).
         data_service_timeout: with `data_service`, seconds without a
             training batch after which the process ends with a message and
             status `data_service.EXIT_STALLED` (a worker lost for good;
@@ -750,11 +763,6 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
     run = RunFolder(output)
     num_processes = distribute_lib.process_count()
     writes = distribute_lib.process_index() == 0
-    if data_service is not None and num_processes > 1:
-        # Each process would draw its own batches from the service, not its
-        # slice of one global batch; not supported yet.
-        raise ValueError(f"data_service={data_service!r} trains one process only; this run "
-                         f"has {num_processes} processes.")
     with distribute_lib.start_together() as agreed:
         if export is not None and writes:
             check_export_target(export, overwrite)
@@ -773,12 +781,19 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         log(f"Seed {recipe.seed}, drawn by process 0 for every process (recorded in "
             f"{run / SETTINGS}, so --resume repeats it).")
     initial_epoch = checkpoint["epoch"] if checkpoint else 0
+    jobs = None
+    if data_service is not None:
+        # One name for this session's jobs on every process, and no earlier
+        # session's: the service never reuses a job name.
+        jobs = EpochJobs(data_service, name=f"keras-alexnet-{distribute_lib.shared_seed():08x}",
+                         processes=num_processes)
     scope, replicas = distribute_lib.distribution_scope(distribute, recipe.batch_size,
-                                                      model_parallel)
+                                                      model_parallel,
+                                                      per_process_data=jobs is not None)
     train_data, validation, steps, eval_preset = make_datasets(
         recipe, source, skipped_log=str(run / SKIPPED_FILES) if writes else None,
         first_epoch=initial_epoch, normalize=not takes_pixel_values(pretrained),
-        data_service=data_service)
+        data_service=jobs)
     if recipe.seed is not None:
         keras.utils.set_random_seed(recipe.seed)
     with scope:

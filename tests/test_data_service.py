@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from keras_alexnet import data, data_service, training
@@ -98,6 +99,44 @@ def test_model_fit_trains_on_the_service_batches(service, numbered, tmp_path):
     assert np.isfinite(history.history["loss"]).all() and len(history.history["loss"]) == 2
     # Validation stays on the trainer, every image once.
     assert sum(len(labels) for _, labels in validation) == source.counts["validation"]
+
+
+def test_processes_sharing_the_epoch_jobs_each_read_their_own_part(service):
+    """Two readers of one run's jobs, as two training processes would be: between them
+    they read each example of each epoch once, and neither reads the other's."""
+    def numbered_epoch(epoch):  # 48 examples; each tells its epoch and number
+        return tf.data.Dataset.range(IMAGES).map(lambda number: 100 * epoch + number).batch(4)
+
+    jobs = data_service.EpochJobs(service, processes=2)
+    readers = [iter(data_service.distribute_epochs(numbered_epoch, jobs, 4, IMAGES))
+               for _ in range(2)]
+    read = [[], []]
+    for _ in range(IMAGES // 4):  # two epochs' batches in all, the readers taking turns
+        for reader, numbers in zip(readers, read):
+            numbers.extend(next(reader).numpy().tolist())
+    examples = read[0] + read[1]
+    assert len(set(examples)) == len(examples)  # neither read what the other did
+    # The first epoch is whole; a reader that prefetched ahead may have left a
+    # few of the second's to the other, which then started the third.
+    assert set(range(IMAGES)) <= set(examples)
+    assert all(example % 100 < IMAGES for example in examples)
+    # A reader of its own jobs (another run, or a run resumed) starts from the first example.
+    alone = iter(data_service.distribute_epochs(numbered_epoch, service, 4, IMAGES))
+    assert sorted(sum((next(alone).numpy().tolist() for _ in range(IMAGES // 4)), [])) == (
+        list(range(IMAGES)))
+
+
+def test_each_process_gets_its_part_of_the_global_batch(service, numbered_prepared):
+    recipe = training.Recipe(image_size=12, resize_size=20, batch_size=8)
+    jobs = data_service.EpochJobs(service, processes=2)
+    train, _, steps, _ = training.make_datasets(recipe, numbered_prepared, data_service=jobs)
+    assert steps == IMAGES // 8  # global steps: the processes step together
+    assert next(iter(train))[0].shape == (4, 12, 12, 3)
+    with pytest.raises(ValueError, match="does not divide over the 3 processes"):
+        training.make_datasets(recipe, numbered_prepared,
+                               data_service=data_service.EpochJobs(service, processes=3))
+    with pytest.raises(ValueError, match="`processes` must be"):
+        data_service.EpochJobs(service, processes=0)
 
 
 def test_service_errors_are_clear_and_immediate(numbered_prepared):
@@ -229,30 +268,3 @@ def test_train_py_on_command_line_servers_stops_when_a_worker_is_lost_for_good(
     assert "continue with --resume" in stderr
     checkpoint = json.loads((output / "backup" / "checkpoint.json").read_text())
     assert checkpoint["epoch"] >= 1 and not (output / "summary.json").exists()
-
-
-def test_train_py_refuses_the_service_with_several_processes_before_joining(numbered,
-                                                                            tmp_path):
-    # Where the dispatcher and process 0 would be: listening, to see that nothing connects.
-    dispatcher, coordinator = (socket.create_server(("localhost", 0)) for _ in range(2))
-    output = tmp_path / "run"
-    try:
-        refused = subprocess.run(
-            [sys.executable, str(ROOT / "train.py"), "--backend", keras.backend.backend(),
-             "--data", str(numbered), "--output", str(output), "--distribute", "data-parallel",
-             "--data-service", f"grpc://localhost:{dispatcher.getsockname()[1]}",
-             "--num-processes", "2", "--process-id", "0",
-             "--job-addresses", f"localhost:{coordinator.getsockname()[1]}"],
-            cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert refused.returncode == 2, refused.stderr[-3000:]
-        assert ("--data-service is not supported yet in a run over several processes (2 "
-                "named by --num-processes") in refused.stderr
-        assert "Train with --data-service in one process" in refused.stderr
-        for server in (dispatcher, coordinator):
-            server.setblocking(False)
-            with pytest.raises(BlockingIOError):
-                server.accept()  # no connection is waiting
-        assert not output.exists()
-    finally:
-        dispatcher.close()
-        coordinator.close()

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import train as train_script
-from keras_alexnet import distribute, training
+from keras_alexnet import data_service, distribute, training
 from keras_alexnet.models import AlexNet
 from keras_alexnet.run_folder import RunFolder
 from tests.helpers import write_colour_folder
@@ -497,6 +497,61 @@ def test_model_parallel_over_two_processes_checkpoints_resumes_and_exports(
             settings["processes"]) == ("model-parallel", 2, 1, 2)
     assert (folders[0] / "export" / "saved_model.pb").exists()
     assert list(folders[1].rglob("*")) == []
+
+
+@pytest.fixture
+def service():
+    """A tf.data service dispatcher and two workers in this process; its address."""
+    dispatcher = data_service.start_dispatcher(0, worker_timeout=2)
+    workers = [data_service.start_worker(dispatcher.target, 0, host="localhost")
+               for _ in range(2)]
+    yield dispatcher.target
+    for server in (*workers, dispatcher):
+        server.stop()
+
+
+@jax_only
+@pytest.mark.slow
+def test_two_processes_train_on_batches_from_the_tf_data_service(four_colours, tmp_path,
+                                                                 service, train_environment):
+    """Each process receives its own part of every global batch from the service's
+    workers; a model replica split over the processes cannot, and is refused."""
+    folders = _folders(tmp_path, "process0", "process1")
+    # Global batches of 2: each process gets batches of 1 from the service, which
+    # Keras must take as they are (its own sharding would have to split them).
+    finished = _finish(_start_two_processes(
+        ["--data", str(four_colours), *RECIPE, "--batch-size", "2", "--epochs", "2",
+         "--output", "run", "--distribute", "data-parallel", "--data-service", service],
+        folders, train_environment))
+    _assert_succeeded(finished)
+    (_, out0, _), (_, out1, _) = finished
+    for out in (out0, out1):
+        assert f"Training batches from the tf.data service at {service}." in out
+    # One model, trained by both processes step by step, validated alike.
+    assert len(_epoch_lines(out0)) == 2 and _epoch_lines(out0) == _epoch_lines(out1)
+    summary = json.loads((folders[0] / "run" / "summary.json").read_text())
+    assert (summary["processes"], summary["replicas"], summary["data_service"]) == (
+        2, 2, service)
+    assert list(folders[1].rglob("*")) == []
+
+    refused = _finish(_start_two_processes(
+        ["--data", str(four_colours), *RECIPE, "--output", str(tmp_path / "split"),
+         "--distribute", "model-parallel", "--model-parallel", "2", "--data-service", service],
+        [ROOT, ROOT], train_environment), timeout=300)
+    for process, _, errors in refused:
+        assert process.returncode == 2, errors[-3000:]
+        assert "each must hold whole model replicas of 2 devices; this process has 1" in errors
+    assert not (tmp_path / "split").exists()
+
+
+@jax_only
+def test_per_process_data_turns_off_keras_dataset_sharding():
+    try:
+        for per_process_data in (False, True):
+            distribute.distribution_scope("data-parallel", 8, per_process_data=per_process_data)
+            assert keras.distribution.distribution().auto_shard_dataset is not per_process_data
+    finally:
+        keras.distribution.set_distribution(None)
 
 
 @jax_only

@@ -221,6 +221,12 @@ def test_train_py_refuses_to_prepare_from_several_processes(folder, tmp_path):
         assert "--prepare writes" in refused.stderr and "names 2 processes" in refused.stderr
         assert "Run --prepare once" in refused.stderr
         assert not target.exists()
+    malformed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "KERAS_DISTRIBUTION_NUM_PROCESSES": "two"})
+    assert malformed.returncode == 2, malformed.stderr[-3000:]
+    assert "KERAS_DISTRIBUTION_NUM_PROCESSES must be a whole number. Received: 'two'" in (
+        malformed.stderr)
+    assert not target.exists()
 
 
 PREPARE_SCRIPT = textwrap.dedent("""
