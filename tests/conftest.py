@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 # Quiet TensorFlow's C++ start-up logs in test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Test the TensorFlow CPU kernels train.py runs with: oneDNN's, which
@@ -27,3 +29,16 @@ def pytest_configure(config):
         import jax
 
         jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="module")
+def service():
+    """A tf.data service dispatcher and two workers in this process; its address."""
+    from keras_alexnet import data_service
+
+    dispatcher = data_service.start_dispatcher(0, worker_timeout=2)
+    workers = [data_service.start_worker(dispatcher.target, 0, host="localhost")
+               for _ in range(2)]
+    yield dispatcher.target
+    for server in (*workers, dispatcher):
+        server.stop()

@@ -27,17 +27,6 @@ PLAIN = dict(flip_probability=0.0, lighting_std=0.0, mean=(0.0, 0.0, 0.0), std=(
 
 
 @pytest.fixture(scope="module")
-def service():
-    """A dispatcher and two workers in this process; the address to train with."""
-    dispatcher = data_service.start_dispatcher(0, worker_timeout=2)
-    workers = [data_service.start_worker(dispatcher.target, 0, host="localhost")
-               for _ in range(2)]
-    yield dispatcher.target
-    for server in (*workers, dispatcher):
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def numbered(tmp_path_factory):
     """48 solid-colour PNGs whose red value tells which one it is (5 x its number)."""
     root = tmp_path_factory.mktemp("numbered") / "images"

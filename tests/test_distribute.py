@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import train as train_script
-from keras_alexnet import data_service, distribute, training
+from keras_alexnet import distribute, training
 from keras_alexnet.models import AlexNet
 from keras_alexnet.run_folder import RunFolder
 from tests.helpers import write_colour_folder
@@ -497,17 +497,6 @@ def test_model_parallel_over_two_processes_checkpoints_resumes_and_exports(
             settings["processes"]) == ("model-parallel", 2, 1, 2)
     assert (folders[0] / "export" / "saved_model.pb").exists()
     assert list(folders[1].rglob("*")) == []
-
-
-@pytest.fixture
-def service():
-    """A tf.data service dispatcher and two workers in this process; its address."""
-    dispatcher = data_service.start_dispatcher(0, worker_timeout=2)
-    workers = [data_service.start_worker(dispatcher.target, 0, host="localhost")
-               for _ in range(2)]
-    yield dispatcher.target
-    for server in (*workers, dispatcher):
-        server.stop()
 
 
 @jax_only
