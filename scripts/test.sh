@@ -9,6 +9,7 @@ venv=${VENV:-.venv}
 status=0
 for backend in ${BACKENDS:-tensorflow jax torch}; do
   echo "=== tests on KERAS_BACKEND=$backend"
-  KERAS_BACKEND=$backend "$venv/bin/python" -m pytest tests "$@" || status=1
+  # The slowest tests are listed, to keep an eye on the suite's time.
+  KERAS_BACKEND=$backend "$venv/bin/python" -m pytest tests --durations=15 "$@" || status=1
 done
 exit $status
