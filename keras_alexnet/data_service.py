@@ -51,6 +51,7 @@ import argparse
 import dataclasses
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -73,6 +74,8 @@ HEARTBEAT_SECONDS = 1
 STALL_TIMEOUT_SECONDS = 600
 # The exit status of a training process the watchdog ends.
 EXIT_STALLED = 5
+# How long a server asked to stop waits for the requests open on it.
+STOP_TIMEOUT_SECONDS = 30
 
 
 def parse_address(address):
@@ -369,12 +372,33 @@ def main(argv=None):
                      f"working for the dispatcher at {args.dispatcher}")
     except ValueError as error:
         parser.error(str(error))
-    try:  # announced inside: a Ctrl-C right after the announcement still stops cleanly
-        print(f"tf.data service {where}. Ctrl-C stops it.", flush=True)
-        while True:  # not server.join(): a blocked join never sees Ctrl-C
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        server.stop()
+    return serve_until_stopped(server, f"tf.data service {where}. Ctrl-C stops it.")
+
+
+def serve_until_stopped(server, announcement, stop_timeout=STOP_TIMEOUT_SECONDS):
+    """Prints `announcement`, serves until Ctrl-C (SIGINT) or SIGTERM, stops `server`; 0.
+
+    The main thread wakes every second to look for the signal (not
+    `server.join()`, nor one long sleep): Python runs a signal's handler only
+    in the main thread, when it next runs, so a signal the kernel handed to
+    one of TensorFlow's threads would wait for the sleep to end. A server
+    stops once the requests open on it are answered; after `stop_timeout`
+    seconds the process ends without them (their clients see a lost
+    server, as when it is killed).
+    """
+    requested = threading.Event()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda *_: requested.set())
+    print(announcement, flush=True)
+    while not requested.wait(1.0):
+        pass
+    stopping = threading.Thread(target=server.stop, name="data-service-stop", daemon=True)
+    stopping.start()
+    stopping.join(stop_timeout)
+    if stopping.is_alive():
+        print(f"The tf.data service server had requests still open {stop_timeout:g} s after "
+              "it was asked to stop; ending it without them.", file=sys.stderr, flush=True)
+        os._exit(0)
     return 0
 
 

@@ -148,18 +148,22 @@ def _free_port():
 
 
 @pytest.fixture
-def start_server():
+def start_server(tmp_path):
     """Starts `python -m keras_alexnet.data_service ...` and waits until it listens.
 
-    Whatever is still running at the end of the test is killed.
+    Its standard error goes to `process.log`. Whatever is still running at
+    the end of the test is killed.
     """
     started = []
 
     def start(*arguments):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "keras_alexnet.data_service", *arguments], cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True)
+        log = tmp_path / f"server{len(started)}.log"
+        with open(log, "w") as errors:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "keras_alexnet.data_service", *arguments], cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                stderr=errors, text=True)
+        process.log = log
         started.append(process)
         line = process.stdout.readline()
         assert "listening on" in line, line
@@ -177,10 +181,44 @@ def _worker_arguments(dispatcher_port, port):
 
 
 def _stop(*processes):
-    """Ctrl-C to each server; their exit statuses."""
+    """Ctrl-C to each server; their exit statuses, or the end of their logs if still running."""
     for process in processes:
         process.send_signal(signal.SIGINT)
-    return [process.wait(timeout=60) for process in processes]
+    statuses = []
+    for process in processes:
+        try:
+            statuses.append(process.wait(timeout=60))
+        except subprocess.TimeoutExpired:
+            statuses.append(f"still running 60 s after Ctrl-C; its log ends: "
+                            f"{process.log.read_text()[-2000:]!r}")
+    return statuses
+
+
+SERVE_SCRIPT = """
+import sys, threading
+from keras_alexnet import data_service
+
+class Server:  # whose stop waits for an open request that is never answered
+    def stop(self):
+        threading.Event().wait()
+
+sys.exit(data_service.serve_until_stopped(Server(), "serving", stop_timeout=2))
+"""
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_server_that_cannot_stop_cleanly_still_ends(signal_number):
+    server = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline() == "serving\n"
+        server.send_signal(signal_number)
+        _, errors = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert server.returncode == 0
+    assert "requests still open 2 s after it was asked to stop" in errors
 
 
 def test_a_lost_worker_restarted_at_its_address_lets_the_epoch_end(
