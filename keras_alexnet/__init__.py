@@ -11,7 +11,7 @@ PyTorch without it. Submodules (`keras_alexnet.data`, `.presets`,
 import importlib
 
 from keras_alexnet import layers
-from keras_alexnet.models import AlexNet
+from keras_alexnet.models import AlexNet, preprocess_input
 
 __version__ = "0.1.0"
 
@@ -21,7 +21,8 @@ SUBMODULES = ("augment", "convert", "data", "data_service", "distribute", "evalu
               "visualize")
 LAZY_ATTRIBUTES = {"export_saved_model": "export", "decode_predictions": "imagenet"}
 
-__all__ = ["AlexNet", "decode_predictions", "export_saved_model", "__version__", *SUBMODULES]
+__all__ = ["AlexNet", "decode_predictions", "export_saved_model", "preprocess_input",
+           "__version__", *SUBMODULES]
 
 
 def __getattr__(name):

@@ -7,7 +7,8 @@ Signatures of the export:
   width -> `probabilities` `(N, classes)`, `top_k_indices` and
   `top_k_probabilities` `(N, k)`, `top_k_labels` `(N, k)` strings. Inside
   the graph the images go through `EvalPreset.preprocess` (short side to 256,
-  central crop, normalisation): the code the evaluation pipeline runs. A
+  central crop, normalisation with the statistics of the model's weights):
+  the code the evaluation pipeline runs. A
   model that normalises its inputs itself (`include_preprocessing=True`)
   gets the crops as pixel values and normalises them with its own constants.
 - `predict_preprocessed`: `inputs`, float32 `(N, crop, crop, 3)` already
@@ -62,8 +63,10 @@ def export_saved_model(model, path, class_names=None, preset=None, top_k=5,
             ILSVRC-2012 names for 1000 classes, else "0", "1", ... Not used
             for `outputs="features"`.
         preset: the `EvalPreset` applied to raw images in `serving_default`;
-            by default one whose crop matches the model's input size, which
-            does not normalise when the model does so itself.
+            by default `EvalPreset.for_model(model)`: crops of the model's
+            input size, normalised with the statistics of its weights (see
+            `keras_alexnet.models.pixel_statistics`), or not at all when the
+            model normalises itself.
         top_k: how many top classes `serving_default` returns.
         overwrite: replace a previous SavedModel at `path`. Without it an
             existing export is an error. Either way a folder that holds
@@ -100,8 +103,7 @@ def export_saved_model(model, path, class_names=None, preset=None, top_k=5,
         class_names = _checked_class_names(model, class_names)
     check_positive_int("top_k", top_k)
     model_normalizes = normalizes_inputs(model)
-    preset = preset or EvalPreset(crop_size=crop_size, resize_size=max(256, crop_size),
-                                  normalize=not model_normalizes)
+    preset = preset or EvalPreset.for_model(model)
     if preset.crop_size != crop_size or preset.ten_crop:
         raise ValueError(
             f"`preset` must make single {crop_size}x{crop_size} crops for this model. "

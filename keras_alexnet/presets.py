@@ -8,10 +8,13 @@ decodes a JPEG that is already a `resize_size` square only in its crop
 window.
 
 Normalisation lives here, at the end of every preset: the model takes
-`(pixels / 255 - mean) / std`. A model that normalises its inputs itself
-(`AlexNet(include_preprocessing=True)`, e.g. with pretrained weights) takes
-pixel values in [0, 255] instead: give it presets with `normalize=False`
-(`EvalPreset.for_model(model)` does), so nothing is normalised twice. The
+`(pixels / 255 - mean) / std`, ImageNet's statistics by default. Pretrained
+weights may expect others (Caffe's: its mean, no scaling), which the model
+records (`keras_alexnet.models.pixel_statistics`): `EvalPreset.for_model(model)`
+and `TrainPreset.for_model(model)` use them. A model that normalises its
+inputs itself (`AlexNet(include_preprocessing=True)`) takes pixel values in
+[0, 255] instead: `for_model` gives it presets with `normalize=False`, so
+nothing is normalised twice. The
 SavedModel export applies `EvalPreset.preprocess` inside its serving graph,
 so served and evaluated images go through the same code.
 """
@@ -25,7 +28,7 @@ from keras_alexnet._validation import check_positive_int
 from keras_alexnet.augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 from keras_alexnet.data.folder import decode_rgb
 from keras_alexnet.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from keras_alexnet.models import normalizes_inputs
+from keras_alexnet.models import normalizes_inputs, pixel_statistics
 
 POLICIES = (None, "randaugment", "augmix")
 # The default shuffle buffer holds as many decoded training images (uint8
@@ -67,6 +70,22 @@ def _check_sizes(crop_size, resize_size):
             "`resize_size` must be an integer >= `crop_size`. "
             f"Received: resize_size={resize_size!r}, crop_size={crop_size!r}"
         )
+
+
+def _settings_for_model(model):
+    """The preset settings that feed `model`: crops of its input size, short side
+    `max(256, crop)`, its weights' statistics, not normalised if it normalises itself."""
+    _, height, width, _ = model.input_shape
+    if height is None or height != width:
+        raise ValueError(
+            "The model must take square images of a fixed size. "
+            f"Received: input_shape={model.input_shape}"
+        )
+    pixel_mean, pixel_std = pixel_statistics(model)
+    return dict(crop_size=height, resize_size=max(256, height),
+                mean=tuple(value / 255 for value in pixel_mean),
+                std=tuple(value / 255 for value in pixel_std),
+                normalize=not normalizes_inputs(model))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +142,18 @@ class TrainPreset:
             # Now, not when the first epoch's pipeline is traced, where
             # tf.data would wrap the ImportError in a StagingError.
             _import_keras_cv(self.policy)
+
+    @classmethod
+    def for_model(cls, model, **kwargs):
+        """The training preset for `model`, as `EvalPreset.for_model` (its input
+        size, its weights' statistics, not normalised if it normalises itself);
+        `kwargs` set the augmentation.
+
+        Example:
+
+        >>> TrainPreset.for_model(keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel"))
+        """
+        return cls(**{**_settings_for_model(model), **kwargs})
 
     def square(self, image):
         """One uint8 image -> its central `resize_size` square (short side resized), uint8.
@@ -476,24 +507,17 @@ class EvalPreset:
     @classmethod
     def for_model(cls, model, **kwargs):
         """The preset that feeds `model`: crops of its input size, short side
-        `max(256, crop)`, normalised unless the model normalises itself.
+        `max(256, crop)`, normalised with the statistics of its weights
+        (`pixel_statistics`) unless the model normalises itself; `kwargs`
+        override any of these.
 
         Example:
 
-        >>> model = keras_alexnet.AlexNet(weights="alexnet-owt-7be5be79.pth",
-        ...                               include_preprocessing=True)
-        >>> EvalPreset.for_model(model)
-        EvalPreset(crop_size=224, resize_size=256, ..., normalize=False)
+        >>> model = keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel")
+        >>> EvalPreset.for_model(model).std   # Caffe: pixels minus its mean, unscaled
+        (0.00392156862745098, 0.00392156862745098, 0.00392156862745098)
         """
-        _, height, width, _ = model.input_shape
-        if height is None or height != width:
-            raise ValueError(
-                "The model must take square images of a fixed size. "
-                f"Received: input_shape={model.input_shape}"
-            )
-        settings = dict(crop_size=height, resize_size=max(256, height),
-                        normalize=not normalizes_inputs(model))
-        return cls(**{**settings, **kwargs})
+        return cls(**{**_settings_for_model(model), **kwargs})
 
     def preprocess(self, images):
         """uint8 image(s) `(..., H, W, 3)` of any size -> float32 centre crop(s), normalised

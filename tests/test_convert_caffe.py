@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_alexnet import AlexNet
+from keras_alexnet import AlexNet, preprocess_input
 from keras_alexnet.convert import read_weights
 from tests.caffe_reference import (
     bvlc_alexnet_layers,
@@ -247,6 +247,10 @@ def test_convert_command_writes_a_weights_file_that_loads_without_being_told(
     np.testing.assert_allclose(_predict(model, images),
                                caffe_forward(full_weights, images)["probabilities"], atol=1e-4)
     assert model.get_layer("lrn2").k == 1.0
+    # The file records Caffe's statistics for a model that does not normalise itself too.
+    plain = AlexNet(weights=str(destination))
+    np.testing.assert_allclose(_predict(plain, preprocess_input(images, weights=plain)),
+                               caffe_forward(full_weights, images)["probabilities"], atol=1e-4)
     # An existing destination is kept.
     modified = destination.stat().st_mtime_ns
     result = subprocess.run(command, env=env, capture_output=True, text=True)

@@ -8,8 +8,12 @@ import numpy as np
 
 from keras_alexnet import convert
 from keras_alexnet._validation import check_positive_int
-from keras_alexnet.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization, MaxPooling2D
+from keras_alexnet.models.pixel_statistics import (
+    IMAGENET_PIXEL_MEAN,
+    IMAGENET_PIXEL_STD,
+    AlexNetModel,
+)
 
 VARIANTS = ("original", "one_weird_trick", "zfnet")
 INITIALIZATIONS = ("paper", "caffe", "glorot", "he")
@@ -275,17 +279,16 @@ def _follow_weights(pretrained, variant, classes, lrn_constants, include_top):
     return pretrained.variant, pretrained.classes, pretrained.lrn_constants
 
 
-def _preprocessing(pretrained):
-    """`keras.layers.Normalization` with the pixel statistics the weights were trained with.
-
-    ImageNet's mean and standard deviation (the presets' normalisation) unless
-    the weights file records others (Caffe: its mean, no scaling).
-    """
+def _statistics(pretrained):
+    """RGB `(mean, std)` in [0, 255] the weights were trained with: the file's
+    record (Caffe: its mean, no scaling), else ImageNet's (the presets')."""
     if pretrained is not None and pretrained.pixel_mean is not None:
-        mean, std = pretrained.pixel_mean, pretrained.pixel_std
-    else:
-        mean = [255 * value for value in IMAGENET_MEAN]
-        std = [255 * value for value in IMAGENET_STD]
+        return tuple(pretrained.pixel_mean), tuple(pretrained.pixel_std)
+    return IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
+
+
+def _preprocessing(mean, std):
+    """`keras.layers.Normalization` of pixel values in [0, 255] by these statistics."""
     return keras.layers.Normalization(
         mean=list(mean), variance=[value**2 for value in std],
         name=PREPROCESSING_LAYER_NAME,
@@ -546,11 +549,16 @@ def AlexNet(
             `keras.layers.Normalization` layer named `preprocessing`, with
             the statistics of its weights (Caffe: subtract the mean;
             torchvision and others: ImageNet's mean and standard deviation),
-            as keras.applications' ConvNeXt and EfficientNet do.
+            as keras.applications' ConvNeXt and EfficientNet do. Without it
+            the model takes images normalised with those statistics: the
+            model records them either way (`pixel_statistics`), and
+            `EvalPreset.for_model`, `TrainPreset.for_model`, the export,
+            `predict` and `preprocess_input(x, weights=model)` follow them.
         name: the model's name.
 
     Returns:
-        A `keras.Model`.
+        An `AlexNetModel`: a functional `keras.Model` that records its input
+        statistics (`pixel_mean`, `pixel_std`, RGB in [0, 255]).
 
     Example:
 
@@ -616,7 +624,8 @@ def AlexNet(
             **lrn_constants, implementation=lrn_implementation, name=layer_name,
         )(x)
 
-    x = _preprocessing(pretrained)(inputs) if include_preprocessing else inputs
+    pixel_mean, pixel_std = _statistics(pretrained)
+    x = _preprocessing(pixel_mean, pixel_std)(inputs) if include_preprocessing else inputs
     f1, f2, f3, f4, f5 = spec["filters"]
     groups = spec["groups"]
     (conv1_kernel, conv1_stride), (conv2_kernel, conv2_stride) = spec["conv1"], spec["conv2"]
@@ -663,7 +672,7 @@ def AlexNet(
         model_inputs = keras.utils.get_source_inputs(input_tensor)
     else:
         model_inputs = inputs
-    model = keras.Model(model_inputs, x, name=name)
+    model = AlexNetModel(model_inputs, x, name=name, pixel_mean=pixel_mean, pixel_std=pixel_std)
     if pretrained is not None:
         pretrained.load_into(model)
     return model

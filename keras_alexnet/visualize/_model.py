@@ -63,6 +63,17 @@ def layer_path(model, name):
     return path
 
 
+def mean_pixel(model):
+    """The mean pixel of what `model` takes, per RGB channel: the pixel mean of
+    its weights for a model that normalises its inputs itself, else 0 (the
+    mean of normalised images). The neutral value to occlude or pad with."""
+    from keras_alexnet.models import normalizes_inputs, pixel_statistics
+
+    if normalizes_inputs(model):
+        return np.asarray(pixel_statistics(model)[0], "float32")
+    return np.zeros(3, "float32")
+
+
 def feature_model(model, names):
     """A model from the same input to the outputs of the layers `names`."""
     outputs = [get_layer(model, name).output for name in names]

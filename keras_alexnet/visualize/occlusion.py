@@ -7,7 +7,7 @@ import numpy as np
 
 from keras_alexnet._validation import check_positive_int
 from keras_alexnet.visualize._model import (
-    DEFAULT_BATCH_SIZE, get_layer, image_input, predict, strongest_channels,
+    DEFAULT_BATCH_SIZE, get_layer, image_input, mean_pixel, predict, strongest_channels,
 )
 from keras_alexnet.visualize.predictions import check_classifier, class_probabilities
 
@@ -51,7 +51,7 @@ def _total_activation(activations, feature_map):
 
 
 def occlusion_sensitivity(model, image, label=None, layer="conv5", size=None, stride=None,
-                          fill=0.0, feature_map=None, batch_size=DEFAULT_BATCH_SIZE):
+                          fill=None, feature_map=None, batch_size=DEFAULT_BATCH_SIZE):
     """Occlusion sensitivity (Zeiler & Fergus 2013, §4.2 and figure 7).
 
     Covers the image with a `size` x `size` square of value `fill` at every
@@ -74,8 +74,10 @@ def occlusion_sensitivity(model, image, label=None, layer="conv5", size=None, st
         size: side of the square in pixels; by default a seventh of the
             image's shorter side (32 at 224).
         stride: grid step in pixels; by default a quarter of `size`.
-        fill: value of the square. 0 is the mean pixel (grey) for images
-            normalised by `keras_alexnet.presets`.
+        fill: value of the square (a number, or one per channel); by
+            default the mean pixel of what the model takes (`mean_pixel`):
+            0 for normalised images, the pixel mean of its weights for a
+            model that normalises itself (`include_preprocessing=True`).
         feature_map: the channel of `layer` to map instead of the strongest.
         batch_size: occluded images per forward pass.
 
@@ -125,6 +127,8 @@ def occlusion_sensitivity(model, image, label=None, layer="conv5", size=None, st
             f"Received: feature_map={feature_map!r}"
         )
 
+    if fill is None:
+        fill = mean_pixel(model)
     corners = [(top, left) for top in range(0, height - size + 1, stride)
                for left in range(0, width - size + 1, stride)]
     class_probability, feature_activation, predicted = [], [], []

@@ -7,7 +7,8 @@ import numpy as np
 
 from keras_alexnet._validation import check_positive_int
 from keras_alexnet.visualize._model import (
-    DEFAULT_BATCH_SIZE, RunningTopK, feature_model, image_batches, layer_path, predict,
+    DEFAULT_BATCH_SIZE, RunningTopK, feature_model, image_batches, layer_path, mean_pixel,
+    predict,
 )
 
 
@@ -149,7 +150,7 @@ class TopPatches:
     receptive_field: ReceptiveField
 
 
-def top_activating_patches(model, dataset, layer, feature_map, count=9, fill=0.0,
+def top_activating_patches(model, dataset, layer, feature_map, count=9, fill=None,
                            batch_size=DEFAULT_BATCH_SIZE):
     """The `count` input patches that most activate one feature map, over a dataset.
 
@@ -172,8 +173,10 @@ def top_activating_patches(model, dataset, layer, feature_map, count=9, fill=0.0
         layer: a layer with spatial output, e.g. `"conv5"`.
         feature_map: the channel of `layer`.
         count: number of patches, 9 in the paper.
-        fill: value of patch pixels outside the image (0: the mean pixel of
-            normalised images).
+        fill: value of patch pixels outside the image (a number, or one per
+            channel); by default the mean pixel of what the model takes
+            (`mean_pixel`: 0 for normalised images, the pixel mean of its
+            weights for a model that normalises itself).
         batch_size: batch size when `dataset` is a NumPy array.
 
     Returns:
@@ -185,6 +188,8 @@ def top_activating_patches(model, dataset, layer, feature_map, count=9, fill=0.0
     >>> plotting.plot_images(scale_to_unit_range(top.patches, axis=(1, 2, 3)))
     """
     check_positive_int("count", count)
+    if fill is None:
+        fill = mean_pixel(model)
     field = receptive_field(model, layer)
     features = feature_model(model, [layer])
     channels = features.output_shape[-1]

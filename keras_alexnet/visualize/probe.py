@@ -81,13 +81,11 @@ def _train_and_validation(model, data, batch_size):
                 f"input shape {model.input_shape}, pass (train, validation) datasets "
                 "of preprocessed batches instead."
             )
-        from keras_alexnet.models import normalizes_inputs
         from keras_alexnet.presets import EvalPreset
 
-        # The paper's proportions: 227 crops of images resized to 256; pixel
-        # values for a model that normalises them itself.
-        preset = EvalPreset(crop_size=height, resize_size=round(height * 256 / 227),
-                            normalize=not normalizes_inputs(model))
+        # The paper's proportions: 227 crops of images resized to 256,
+        # normalised as the model's weights expect.
+        preset = EvalPreset.for_model(model, resize_size=round(height * 256 / 227))
         return (preset.dataset(data.train, batch_size),
                 preset.dataset(data.validation, batch_size))
     if isinstance(data, (tuple, list)) and len(data) == 2:
