@@ -120,6 +120,33 @@ def test_predict_bad_input_exits_2(caffemodel, tmp_path, capsys):
     assert "weights='weights.npz'" in capsys.readouterr().err
 
 
+def test_a_folder_is_every_image_in_it_and_a_bad_one_stops_no_other(caffemodel, photos,
+                                                                    tmp_path, capsys):
+    png, jpg, _ = photos
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    (folder / "b.png").write_bytes(png.read_bytes())
+    (folder / "more" / "c.jpg").write_bytes(jpg.read_bytes())
+    (folder / "a.jpg").write_text("not an image")
+    (folder / "notes.txt").write_text("not an image file name either: left out")
+    (folder / ".hidden.png").write_bytes(png.read_bytes())
+    assert predict.main(["--weights", caffemodel[0], str(folder)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    # Both good images, in name order, each with its top 5, as when named one by one.
+    assert [lines[0], lines[6]] == [str(folder / "b.png"), str(folder / "more" / "c.jpg")]
+    assert predict.main(["--weights", caffemodel[0], str(png), str(jpg)]) == 0
+    alone = capsys.readouterr().out.splitlines()
+    assert lines[1:6] == alone[1:6] and lines[7:12] == alone[7:12] and len(lines) == 12
+    assert f"{folder / 'a.jpg'} is not a readable image" in captured.err
+    assert "1 of 3 images could not be read" in captured.err
+    assert predict.main(["--weights", caffemodel[0], str(folder / "more" / "missing")]) == 2
+    assert "missing does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert predict.main(["--weights", caffemodel[0], str(tmp_path / "empty")]) == 2
+    assert "holds no image files" in capsys.readouterr().err
+
+
 def test_export_of_pretrained_weights_serves_raw_images_with_imagenet_labels(tmp_path):
     """A 67x67-input bvlc_alexnet with 1000 classes: the export normalises once, with
     Caffe's mean, and labels with the ILSVRC-2012 names."""

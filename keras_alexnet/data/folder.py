@@ -76,6 +76,14 @@ def _walk_files(folder, undecodable_names):
     return sorted(files)
 
 
+def list_files(folder):
+    """`(files, undecodable)`: every visible file below `folder`, sorted, as
+    `image_folder` lists them (hidden ones left out, links followed once), and
+    the names that are not valid UTF-8 (bytes), which TensorFlow cannot open."""
+    undecodable = []
+    return _walk_files(folder, undecodable), undecodable
+
+
 def _list_classes(root, class_names, undecodable_names):
     """`{class: [files]}` for the given class folders of `root` (missing ones empty)."""
     return {name: _walk_files(os.path.join(root, name), undecodable_names)
