@@ -10,6 +10,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
+# The backend that runs the tests marked `backend_independent`: TensorFlow,
+# whose tf.data every pipeline uses anyway.
+INDEPENDENT_TESTS_BACKEND = "tensorflow"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests whose subject does not depend on the Keras backend (tf.data
+    pipelines, prepare, the data service, file parsers, folder listing, run
+    folders, argument checks) run once, on TensorFlow, not once per backend."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend == INDEPENDENT_TESTS_BACKEND:
+        return
+    skip = pytest.mark.skip(
+        reason=f"backend-independent: runs with KERAS_BACKEND={INDEPENDENT_TESTS_BACKEND}")
+    for item in items:
+        if item.get_closest_marker("backend_independent"):
+            item.add_marker(skip)
+
+
 def pytest_configure(config):
     """On a GPU, compute float32 as float32: the tests compare against float32
     references with float32 tolerances, and TF32 matrix units (the default

@@ -86,6 +86,7 @@ class PCALightingTest(testing.TestCase):
                 PCALighting(**kwargs)
 
 
+@pytest.mark.backend_independent
 def test_estimate_pca_lighting_recovers_a_known_covariance():
     rng = np.random.default_rng(0)
     covariance = EIGVEC @ np.diag(EIGVAL) @ EIGVEC.T
@@ -97,6 +98,7 @@ def test_estimate_pca_lighting_recovers_a_known_covariance():
         assert cosine > 0.99
 
 
+@pytest.mark.backend_independent
 def test_estimate_pca_lighting_pools_pixels_of_all_images_in_the_unit_range():
     """The ImageNet eigenvalues are of the covariance of all pixels pooled (their sum,
     0.2408, is ImageNet's global pixel variance), not of per-image statistics: images of
@@ -112,6 +114,7 @@ def test_estimate_pca_lighting_pools_pixels_of_all_images_in_the_unit_range():
     np.testing.assert_allclose(eigval, expected, rtol=0.02, atol=2e-5)
 
 
+@pytest.mark.backend_independent
 def test_estimate_pca_lighting_refuses_floats_outside_the_unit_range():
     images = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3))
     with pytest.raises(ValueError, match=r"\[0, 1\] scale.*Received values up to 2"):
@@ -120,6 +123,7 @@ def test_estimate_pca_lighting_refuses_floats_outside_the_unit_range():
     np.testing.assert_array_less(eigval, 1.0)
 
 
+@pytest.mark.backend_independent
 def test_estimate_pca_lighting_needs_images():
     with pytest.raises(ValueError, match="empty"):
         estimate_pca_lighting([])

@@ -110,6 +110,7 @@ def test_feature_extractor_keeps_the_convolutions(v1_file, full_weights, images,
                                atol=1e-4 * np.abs(expected).max())
 
 
+@pytest.mark.backend_independent
 def test_both_layouts_and_double_data_read_the_same(tmp_path):
     weights = _small_weights()
     read = []
@@ -155,6 +156,7 @@ def _layer(layers, name):
     return next(layer for layer in layers if layer["name"] == name)
 
 
+@pytest.mark.backend_independent
 def test_another_network_is_a_clear_error(tmp_path):
     missing = _write_edited(tmp_path, lambda layers: layers.remove(_layer(layers, "conv5")),
                             "no_conv5.caffemodel")
@@ -200,6 +202,7 @@ def test_wrong_shapes_name_the_layer_and_never_half_load(tmp_path):
                                          lrn_constants="caffe"))
 
 
+@pytest.mark.backend_independent
 def test_truncated_or_corrupt_files_are_clear_errors(tmp_path):
     whole = _write_edited(tmp_path, lambda layers: None, "whole.caffemodel")
     content = open(whole, "rb").read()

@@ -46,6 +46,7 @@ def _collect(dataset):
     return images, labels
 
 
+@pytest.mark.backend_independent
 def test_image_folder_lists_at_once_and_names_bad_files_as_the_pipeline_meets_them(
         hostile_folder, tmp_path, capfd):
     root, bad_names = hostile_folder
@@ -75,6 +76,7 @@ def test_image_folder_lists_at_once_and_names_bad_files_as_the_pipeline_meets_th
         assert name in stderr
 
 
+@pytest.mark.backend_independent
 def test_a_bad_last_file_is_named_too(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "0.png").write_bytes(_encode(np.zeros((4, 4, 3), np.uint8), "RGB", "PNG"))
@@ -85,6 +87,7 @@ def test_a_bad_last_file_is_named_too(tmp_path):
     assert log.read_text() == f"{tmp_path / 'a' / 'zz.jpg'}\n"
 
 
+@pytest.mark.backend_independent
 def test_file_names_that_are_not_utf8_are_skipped_and_named(tmp_path):
     root = data.write_synthetic_image_folder(tmp_path / "d", classes=2, images_per_class=3,
                                              image_size=(16, 16))
@@ -98,6 +101,7 @@ def test_file_names_that_are_not_utf8_are_skipped_and_named(tmp_path):
     assert len(_collect(source.train)[0]) == 6
 
 
+@pytest.mark.backend_independent
 def test_split_folders_are_never_classes(tmp_path):
     for split, count in (("train", 3), ("test", 2)):
         data.write_synthetic_image_folder(tmp_path / split, classes=2, images_per_class=count,
@@ -126,6 +130,7 @@ def test_split_folders_are_never_classes(tmp_path):
         data.image_folder(no_train)
 
 
+@pytest.mark.backend_independent
 def test_validation_classes_missing_from_train_are_named_and_left_out(tmp_path):
     data.write_synthetic_image_folder(tmp_path / "train", classes=2, images_per_class=2,
                                       image_size=(16, 16))
@@ -137,6 +142,7 @@ def test_validation_classes_missing_from_train_are_named_and_left_out(tmp_path):
     assert sorted(_collect(source.validation)[1]) == [0, 0, 1, 1]
 
 
+@pytest.mark.backend_independent
 def test_hidden_folders_are_skipped_and_links_followed_once(tmp_path):
     root = data.write_synthetic_image_folder(tmp_path / "d", classes=2, images_per_class=2,
                                              image_size=(16, 16))
@@ -154,6 +160,7 @@ def test_hidden_folders_are_skipped_and_links_followed_once(tmp_path):
     assert sorted(_collect(source.train)[1]) == [0, 0, 1, 1, 1, 1, 1]
 
 
+@pytest.mark.backend_independent
 def test_file_order_is_reshuffled_every_epoch_before_decoding(tmp_path):
     """A class-sorted folder gives well-mixed batches through a small decoded buffer."""
     classes = 16
@@ -183,6 +190,7 @@ def test_file_order_is_reshuffled_every_epoch_before_decoding(tmp_path):
     assert max(entropy(labels) for labels in buffered) < 2.0
 
 
+@pytest.mark.backend_independent
 def test_seeded_epochs_repeat_exactly_and_resume_at_any_epoch(tmp_path):
     root = data.write_synthetic_image_folder(tmp_path / "d", classes=3, images_per_class=8,
                                              image_size=(20, 24))
@@ -209,6 +217,7 @@ def test_seeded_epochs_repeat_exactly_and_resume_at_any_epoch(tmp_path):
             np.testing.assert_array_equal(a_labels, b_labels)
 
 
+@pytest.mark.backend_independent
 def test_epochs_do_not_depend_on_tensorflows_global_seed(tmp_path):
     """Global seed 0 once broke the per-epoch shuffle; any other one changed the order."""
     import keras
@@ -232,6 +241,7 @@ def test_epochs_do_not_depend_on_tensorflows_global_seed(tmp_path):
         tf.random.set_seed(None)
 
 
+@pytest.mark.backend_independent
 def test_held_out_split_is_deterministic_and_stratified(tmp_path):
     root = data.write_synthetic_image_folder(tmp_path / "d", classes=2, images_per_class=10,
                                              image_size=(32, 32))
@@ -245,6 +255,7 @@ def test_held_out_split_is_deterministic_and_stratified(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.backend_independent
 def test_labels_stay_with_their_images(tmp_path):
     """Each class is a solid colour: a decoded image's colour must match its label."""
     colours = {"red": (250, 0, 0), "green": (0, 250, 0), "blue": (0, 0, 250)}
@@ -262,6 +273,7 @@ def test_labels_stay_with_their_images(tmp_path):
         np.testing.assert_array_equal(channel, expected)
 
 
+@pytest.mark.backend_independent
 def test_train_and_val_subfolders(tmp_path):
     data.write_synthetic_image_folder(tmp_path / "train", classes=2, images_per_class=3,
                                       image_size=(24, 24))
@@ -272,6 +284,7 @@ def test_train_and_val_subfolders(tmp_path):
     assert source.class_names == ["circle", "square"]
 
 
+@pytest.mark.backend_independent
 def test_missing_and_unusable_sources(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         data.image_folder(tmp_path / "nowhere")
@@ -304,11 +317,13 @@ def test_tfds_mock_data_grayscale_feeds_model_fit(monkeypatch):
         assert "val_accuracy" in history.history
 
 
+@pytest.mark.backend_independent
 def test_tfds_imagenet_without_manual_files_says_what_is_needed(tmp_path):
     with pytest.raises(FileNotFoundError, match="ILSVRC2012_img_train.tar"):
         data.tfds_dataset("imagenet2012", data_dir=str(tmp_path), manual_dir=str(tmp_path))
 
 
+@pytest.mark.backend_independent
 def test_tfds_unknown_name_suggests_close_ones():
     with pytest.raises(ValueError, match=r"Unknown TFDS dataset 'mnits'\. Did you mean.*'mnist'"
                        ) as error:
@@ -316,6 +331,7 @@ def test_tfds_unknown_name_suggests_close_ones():
     assert len(str(error.value)) < 400  # not TFDS's whole catalogue
 
 
+@pytest.mark.backend_independent
 def test_tfds_download_without_internet_fails_at_once(tmp_path, monkeypatch):
     # A proxy on a closed local port: what a machine without internet sees, on any machine.
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
@@ -324,12 +340,14 @@ def test_tfds_download_without_internet_fails_at_once(tmp_path, monkeypatch):
     assert not any(tmp_path.rglob("*.tfrecord*"))
 
 
+@pytest.mark.backend_independent
 def test_tfds_expands_user_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "ilsvrc")):
         data.tfds_dataset("imagenet2012", data_dir="~/tfds", manual_dir="~/ilsvrc")
 
 
+@pytest.mark.backend_independent
 def test_from_arguments_rejects_both():
     with pytest.raises(ValueError, match="not both"):
         data.from_arguments(data="x", dataset="mnist")

@@ -61,6 +61,7 @@ def _epochs(stream, epochs, steps):
             for start in range(0, epochs * steps, steps)]
 
 
+@pytest.mark.backend_independent
 def test_each_epoch_reads_every_example_exactly_once(service, numbered, numbered_prepared,
                                                      monkeypatch):
     # Units of 4 files, so that two workers share the folder's 48.
@@ -90,6 +91,7 @@ def test_model_fit_trains_on_the_service_batches(service, numbered, tmp_path):
     assert sum(len(labels) for _, labels in validation) == source.counts["validation"]
 
 
+@pytest.mark.backend_independent
 def test_processes_sharing_the_epoch_jobs_each_read_their_own_part(service):
     """Two readers of one run's jobs, as two training processes would be: between them
     they read each example of each epoch once, and neither reads the other's."""
@@ -115,6 +117,7 @@ def test_processes_sharing_the_epoch_jobs_each_read_their_own_part(service):
         list(range(IMAGES)))
 
 
+@pytest.mark.backend_independent
 def test_each_process_gets_its_part_of_the_global_batch(service, numbered_prepared):
     recipe = training.Recipe(image_size=12, resize_size=20, batch_size=8)
     jobs = data_service.EpochJobs(service, processes=2)
@@ -128,6 +131,7 @@ def test_each_process_gets_its_part_of_the_global_batch(service, numbered_prepar
         data_service.EpochJobs(service, processes=0)
 
 
+@pytest.mark.backend_independent
 def test_service_errors_are_clear_and_immediate(numbered_prepared):
     recipe = training.Recipe(image_size=12, resize_size=20, batch_size=8)
     with pytest.raises(ConnectionError, match="Cannot reach the tf.data service dispatcher"):
@@ -206,6 +210,7 @@ sys.exit(data_service.serve_until_stopped(Server(), "serving", stop_timeout=2))
 """
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
 def test_a_server_that_cannot_stop_cleanly_still_ends(signal_number):
     server = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT], cwd=ROOT,
@@ -221,6 +226,7 @@ def test_a_server_that_cannot_stop_cleanly_still_ends(signal_number):
     assert "requests still open 2 s after it was asked to stop" in errors
 
 
+@pytest.mark.backend_independent
 def test_a_lost_worker_restarted_at_its_address_lets_the_epoch_end(
         numbered_prepared, start_server, capfd):
     dispatcher = data_service.start_dispatcher(0, worker_timeout=2)

@@ -16,6 +16,7 @@ from keras_alexnet.imagenet import imagenet_class_names, imagenet_classes
 from tests.real_torchvision import import_torchvision
 
 
+@pytest.mark.backend_independent
 def test_classes_are_ilsvrc_2012_in_class_index_order():
     classes = imagenet_classes()
     wnids = [wnid for wnid, _ in classes]
@@ -29,6 +30,7 @@ def test_classes_are_ilsvrc_2012_in_class_index_order():
     assert wnids == tfds_labels
 
 
+@pytest.mark.backend_independent
 def test_names_are_torchvisions():
     torchvision = import_torchvision()
     categories = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.meta["categories"]
@@ -50,6 +52,7 @@ def test_decode_predictions_like_keras_applications():
         [("n01440764", "tench", 1.0)], [("n15075141", "toilet tissue", 1.0)]]
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("probabilities,top,message", [
     (np.zeros((2, 10)), 5, r"Received: shape=\(2, 10\)"),
     (np.zeros(1000), 5, r"Received: shape=\(1000,\)"),
@@ -60,6 +63,7 @@ def test_decode_predictions_rejects_bad_input(probabilities, top, message):
         keras_alexnet.decode_predictions(probabilities, top=top)
 
 
+@pytest.mark.backend_independent
 def test_the_classes_file_is_in_the_wheel(tmp_path):
     if keras.backend.backend() != "tensorflow":
         pytest.skip("packaging does not depend on the backend: checked once")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import keras_alexnet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +20,7 @@ def readme_names():
     return sorted(set(re.findall(r"\bkeras_alexnet(?:\.[A-Za-z_]\w*)+", text)))
 
 
+@pytest.mark.backend_independent
 def test_every_readme_name_resolves_after_a_plain_import():
     names = readme_names()
     assert "keras_alexnet.augment.PCALighting" in names  # the README does use dotted names
@@ -40,6 +43,7 @@ def test_every_readme_name_resolves_after_a_plain_import():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.backend_independent
 def test_dir_lists_the_lazy_submodules_and_unknown_names_fail():
     listed = dir(keras_alexnet)
     for name in ("data", "presets", "training", "evaluation", "convert", "augment",

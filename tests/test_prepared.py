@@ -64,6 +64,7 @@ def _files(directory):
     return {path.name: path.read_bytes() for path in sorted(Path(directory).iterdir())}
 
 
+@pytest.mark.backend_independent
 def test_prepare_writes_the_papers_squares_and_names_skipped_files(folder, tmp_path):
     source = _source(folder)
     lines = []
@@ -95,6 +96,7 @@ def test_prepare_writes_the_papers_squares_and_names_skipped_files(folder, tmp_p
     assert labels != sorted(labels)
 
 
+@pytest.mark.backend_independent
 def test_jpeg_preparation_matches_the_lossless_one(folder, tmp_path):
     source = _source(folder)
     for name, image_format in (("png", "png"), ("jpeg", "jpeg")):
@@ -134,6 +136,7 @@ def _numbers(examples):
     return sorted((int(round(image[..., 0].mean() / 5)), label) for image, label in examples)
 
 
+@pytest.mark.backend_independent
 def test_a_tfds_dataset_is_prepared_range_by_range(tmp_path, monkeypatch):
     # Nothing to download: the check that this machine could is moot.
     monkeypatch.setattr(data.tfds, "_check_online", lambda name, data_dir: None)
@@ -150,6 +153,7 @@ def test_a_tfds_dataset_is_prepared_range_by_range(tmp_path, monkeypatch):
     assert everything == [(number, number % 2) for number in range(24)]
 
 
+@pytest.mark.backend_independent
 def test_a_folder_of_another_source_or_size_is_refused_and_left_alone(folder, tmp_path):
     source = _source(folder)
     target = tmp_path / "prepared"
@@ -187,6 +191,7 @@ def test_a_folder_of_another_source_or_size_is_refused_and_left_alone(folder, tm
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.backend_independent
 def test_one_prepare_writes_a_folder_at_a_time(folder, tmp_path):
     source = _source(folder)
     target = tmp_path / "prepared"
@@ -204,6 +209,7 @@ def test_one_prepare_writes_a_folder_at_a_time(folder, tmp_path):
     assert sum(data.prepared(target).counts.values()) == 24  # every decodable image
 
 
+@pytest.mark.backend_independent
 def test_train_py_refuses_to_prepare_from_several_processes(folder, tmp_path):
     """Every task of a launcher would write into the same folder."""
     target = tmp_path / "prepared"
@@ -255,6 +261,7 @@ def many_images(tmp_path_factory):
                                              image_size=(24, 32))
 
 
+@pytest.mark.backend_independent
 def test_a_killed_prepare_leaves_no_half_shard_and_continues(many_images, tmp_path):
     target = tmp_path / "prepared"
     process = _start_prepare(many_images, target, stdout=subprocess.DEVNULL,
@@ -294,6 +301,7 @@ def test_a_killed_prepare_leaves_no_half_shard_and_continues(many_images, tmp_pa
             == json.loads((whole / METADATA).read_text()))
 
 
+@pytest.mark.backend_independent
 def test_a_full_disk_fails_clearly_and_the_next_run_continues(many_images, tmp_path):
     """A real ENOSPC: a small tmpfs mounted in a user namespace (no root needed)."""
     if shutil.which("unshare") is None or subprocess.run(
@@ -328,6 +336,7 @@ def _seeds(count):
     return [tf.constant([seed, 7 * seed + 1], tf.int64) for seed in range(count)]
 
 
+@pytest.mark.backend_independent
 def test_crop_window_is_tensorflows_stateless_random_crop():
     square = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
     preset = TrainPreset(crop_size=20, resize_size=32, flip_probability=0.0, lighting_std=0.0)
@@ -344,6 +353,7 @@ def _smooth_square(size, seed=0):
     return tf.cast(tf.image.resize(coarse, [size, size]), tf.uint8).numpy()
 
 
+@pytest.mark.backend_independent
 def test_encoded_square_jpegs_are_decoded_only_in_the_same_window():
     preset = TrainPreset(crop_size=56, resize_size=64)
     square = _smooth_square(64)
@@ -367,6 +377,7 @@ def test_encoded_square_jpegs_are_decoded_only_in_the_same_window():
     assert differing_edges > 0  # the window really was decoded on its own
 
 
+@pytest.mark.backend_independent
 def test_other_encoded_images_are_decoded_whole_then_squared():
     preset = TrainPreset(crop_size=20, resize_size=24)
     wide = np.random.default_rng(1).integers(0, 256, (30, 40, 3), np.uint8)

@@ -7,6 +7,9 @@ from keras_alexnet.augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 from keras_alexnet.presets import (EvalPreset, TrainPreset, center_crop,
                                    resize_short_side)
 
+# tf.data pipelines: the same on every Keras backend.
+pytestmark = pytest.mark.backend_independent
+
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 

@@ -147,6 +147,7 @@ def test_after_a_nan_loss_the_run_continues_at_a_lower_rate_from_its_checkpoint(
     assert json.loads((output / "run.json").read_text())["recipe"]["learning_rate"] == 0.001
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("arguments,message", [
     (["--data", "/no/such/folder"], "no such folder"),
     (["--epochs", "0"], "epochs"),
@@ -164,6 +165,7 @@ def test_errors_exit_2_and_write_nothing(tmp_path, capsys, arguments, message):
     assert not output.exists()
 
 
+@pytest.mark.backend_independent
 def test_a_missing_optional_dependency_exits_2_and_writes_nothing(colour_folder, tmp_path):
     """`--policy randaugment` without keras-cv: a one-line error, not a traceback."""
     output = tmp_path / "run"
@@ -182,6 +184,7 @@ def test_a_missing_optional_dependency_exits_2_and_writes_nothing(colour_folder,
     assert not output.exists()
 
 
+@pytest.mark.backend_independent
 def test_unknown_backend_and_unwritable_output(tmp_path):
     result = run_train("--output", str(tmp_path / "run"), backend="theano")
     assert result.returncode == 2 and "theano" in result.stderr
@@ -202,6 +205,7 @@ def _tree(folder):
             for path in sorted(folder.rglob("*"))}
 
 
+@pytest.mark.backend_independent
 def test_overwrite_deletes_only_a_keras_alexnet_runs_own_files(tmp_path):
     # Another tool's folder that happens to hold a run.json is not ours.
     other = tmp_path / "other_tool"
@@ -332,6 +336,7 @@ def test_each_run_gets_its_own_default_folder(colour_folder, tmp_path):
     assert all((folder / "summary.json").exists() for folder in folders)
 
 
+@pytest.mark.backend_independent
 def test_demo_defaults_are_seeded_and_follow_the_image_size():
     images = data.Source(splits={}, class_names=["a", "b"])  # not prepared
     _, args = train_script.parse_arguments([])
@@ -400,6 +405,7 @@ def test_distributed_validation_sees_every_image_once(seven_validation_images, t
         assert summary["examples"] == 7 and summary["replicas"] == 2
 
 
+@pytest.mark.backend_independent
 def test_recipe_defaults_are_the_paper():
     recipe = training.Recipe()
     assert (recipe.batch_size, recipe.learning_rate, recipe.momentum, recipe.weight_decay,
@@ -440,6 +446,7 @@ def test_plateau_schedule_divides_by_ten_three_times_and_logs_the_rate_trained_a
     assert restored.state == {"best": pytest.approx(0.6), "wait": 2, "drops": 3}
 
 
+@pytest.mark.backend_independent
 def test_best_model_is_replaced_only_by_a_better_one_across_resumes(tmp_path):
     run = RunFolder(tmp_path / "run").create()
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
@@ -457,6 +464,7 @@ def test_best_model_is_replaced_only_by_a_better_one_across_resumes(tmp_path):
         "monitor": "val_top1", "value": 0.9, "epoch": 4}
 
 
+@pytest.mark.backend_independent
 def test_resume_rolls_log_and_tensorboard_back_to_the_checkpoint(tmp_path):
     import tensorflow as tf
 
