@@ -347,9 +347,11 @@ class PlateauSchedule(keras.callbacks.Callback):
     error rate stopped improving", three times in all. Unlike
     `keras.callbacks.ReduceLROnPlateau`, its state (best score, epochs
     without improvement, drops so far) is a plain dict saved with each
-    checkpoint, so a resumed run continues the same schedule. The logs get
-    `learning_rate`: the rate the epoch trained at (a drop applies from the
-    next epoch).
+    checkpoint, so a resumed run continues the same schedule. A drop
+    decided at the end of an epoch is applied when the next one begins, so
+    every epoch-end callback (`log.csv`, TensorBoard, the summary line) sees
+    the rate the epoch trained at; a checkpoint taken in between records the
+    drop as pending.
     """
 
     def __init__(self, factor=0.1, patience=5, max_drops=3, monitor="val_top1", state=None):
@@ -358,17 +360,20 @@ class PlateauSchedule(keras.callbacks.Callback):
         self.patience = patience
         self.max_drops = max_drops
         self.monitor = monitor
-        self.state = dict(state or {"best": -math.inf, "wait": 0, "drops": 0})
+        self.state = {"best": -math.inf, "wait": 0, "drops": 0, "pending_drop": False,
+                      **(state or {})}
 
     def _rate(self):
         return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_rate = self._rate()
+        if self.state["pending_drop"]:
+            self.model.optimizer.learning_rate.assign(self._rate() * self.factor)
+            self.state["pending_drop"] = False
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        logs["learning_rate"] = getattr(self, "epoch_rate", None) or self._rate()
+        logs["learning_rate"] = self._rate()
         score = logs.get(self.monitor)
         if score is None:
             return
@@ -377,8 +382,7 @@ class PlateauSchedule(keras.callbacks.Callback):
         else:
             self.state["wait"] += 1
         if self.state["wait"] >= self.patience and self.state["drops"] < self.max_drops:
-            self.model.optimizer.learning_rate.assign(self._rate() * self.factor)
-            self.state.update(wait=0, drops=self.state["drops"] + 1)
+            self.state.update(wait=0, drops=self.state["drops"] + 1, pending_drop=True)
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -811,9 +815,10 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
             "model_parallel": model_parallel if distribute == "model-parallel" else None,
             "processes": num_processes,
         })
+    new_rate = resume and recipe.learning_rate != settings["recipe"]["learning_rate"]
     if resume:
         run.restore_checkpoint(model, roll_back=writes)
-        if recipe.learning_rate != settings["recipe"]["learning_rate"]:
+        if new_rate:
             # The checkpoint's optimizer holds the old rate (drops included).
             model.optimizer.learning_rate.assign(recipe.learning_rate)
         log(f"Resuming {run.path} after epoch {initial_epoch} of {recipe.epochs}."
@@ -823,6 +828,8 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
     schedule = PlateauSchedule(recipe.lr_factor, recipe.lr_patience, recipe.max_lr_drops,
                                monitor=monitor,
                                state=checkpoint["schedule"] if checkpoint else None)
+    if new_rate:  # the rate given is the one the next epoch trains at
+        schedule.state["pending_drop"] = False
     summary_printer = EpochSummary(recipe.epochs, recipe.batch_size, log)
     skipped_report = SkippedFilesReport(str(run / SKIPPED_FILES), log)
     if writes:

@@ -443,7 +443,38 @@ def test_plateau_schedule_divides_by_ten_three_times_and_logs_the_rate_trained_a
     assert logged == used  # each row shows the rate its epoch trained at
     # The state travels in the checkpoint; a restored schedule continues it.
     restored = training.PlateauSchedule(patience=2, state=schedule.state)
-    assert restored.state == {"best": pytest.approx(0.6), "wait": 2, "drops": 3}
+    assert restored.state == {"best": pytest.approx(0.6), "wait": 2, "drops": 3,
+                              "pending_drop": False}
+
+
+def test_every_log_shows_the_rate_the_epoch_trained_at(tmp_path):
+    """Keras' TensorBoard and CSVLogger, after the schedule, in train's order: the
+    epoch that decides a drop is logged at the rate it trained at, in both."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    scores = iter([0.5, 0.4, 0.4, 0.4])
+
+    class Score(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_top1"] = next(scores)
+
+    schedule = training.PlateauSchedule(patience=1)
+    rates = []
+    trained_at = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: rates.append(
+        float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))))
+    model.fit(np.zeros((4, 1)), np.zeros((4, 1)), epochs=4, verbose=0, callbacks=[
+        Score(), schedule, trained_at, keras.callbacks.CSVLogger(str(tmp_path / "log.csv")),
+        keras.callbacks.TensorBoard(str(tmp_path / "tensorboard"))])
+    assert rates == pytest.approx([0.01, 0.01, 0.001, 1e-4])
+    assert [float(row["learning_rate"]) for row in log_rows(tmp_path)] == pytest.approx(rates)
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "train"), size_guidance={
+        "tensors": 0}).Reload()
+    logged = [float(make_ndarray(event.tensor_proto))
+              for event in events.Tensors("epoch_learning_rate")]
+    assert logged == pytest.approx(rates)
 
 
 @pytest.mark.backend_independent
