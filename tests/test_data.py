@@ -351,3 +351,39 @@ def test_tfds_expands_user_paths(tmp_path, monkeypatch):
 def test_from_arguments_rejects_both():
     with pytest.raises(ValueError, match="not both"):
         data.from_arguments(data="x", dataset="mnist")
+
+
+@pytest.mark.backend_independent
+def test_the_embedded_dataset_appears_whole_when_processes_start_together(tmp_path):
+    """Two writers at once (the processes of one run): whoever renames first wins,
+    a reader never sees the folder without its last file, and no copy is left."""
+    import threading
+
+    from keras_alexnet.data.synthetic import COMPLETE_MARKER, default_dataset
+
+    root = tmp_path / "datasets" / "shapes"
+    seen_incomplete, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            if root.exists() and not (root / COMPLETE_MARKER).exists():
+                seen_incomplete.append(sorted(path.name for path in root.iterdir()))
+
+    sources = []
+    watcher = threading.Thread(target=watch)
+    writers = [threading.Thread(target=lambda: sources.append(
+        default_dataset(root, images_per_class=4, image_size=(24, 24)))) for _ in range(2)]
+    watcher.start()
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    done.set()
+    watcher.join()
+    assert len(sources) == 2 and not seen_incomplete
+    assert sources[0].counts == sources[1].counts and sources[0].num_classes == 10
+    assert sorted(path.name for path in root.parent.iterdir()) == ["shapes"]
+    # Reused as it is afterwards.
+    written = (root / COMPLETE_MARKER).stat().st_mtime_ns
+    default_dataset(root, images_per_class=4, image_size=(24, 24))
+    assert (root / COMPLETE_MARKER).stat().st_mtime_ns == written

@@ -1,5 +1,8 @@
 """The embedded default dataset: generated shape images written as real JPEG files."""
 
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +11,8 @@ import tensorflow as tf
 from keras_alexnet.data.folder import image_folder
 
 DEFAULT_DATASET_DIR = Path("~/.keras/datasets/keras_alexnet_shapes").expanduser()
+# Written last into a generated dataset: the folder is complete.
+COMPLETE_MARKER = ".complete"
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross", "horizontal_stripes",
                  "vertical_stripes", "ring", "diamond", "checkerboard", "dots")
@@ -68,11 +73,30 @@ def default_dataset(root=DEFAULT_DATASET_DIR, images_per_class=120, image_size=(
 
     Generated once into `root` (by default `~/.keras/datasets/keras_alexnet_shapes`)
     and reused; no download. 10% of each class is held out for validation.
+    It is written to a temporary folder beside `root` and renamed into place,
+    so processes that start together (the processes of a training run) never
+    read a half-written image: each generates, the first rename wins, and the
+    others delete their own copy and read the winner's.
     """
     root = Path(root).expanduser()
-    marker = root / ".complete"
-    if not marker.exists():
-        write_synthetic_image_folder(root, images_per_class=images_per_class,
-                                     image_size=image_size)
-        marker.write_text(f"{images_per_class} {image_size}\n")
+    if not (root / COMPLETE_MARKER).exists():
+        if root.exists():  # left unfinished by a version that wrote in place
+            _write_default_dataset(root, images_per_class, image_size)
+        else:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            staging = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                _write_default_dataset(staging, images_per_class, image_size)
+                try:
+                    os.rename(staging, root)
+                except OSError:
+                    if not (root / COMPLETE_MARKER).exists():  # not another process's
+                        raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     return image_folder(root, validation_fraction=0.1)
+
+
+def _write_default_dataset(root, images_per_class, image_size):
+    write_synthetic_image_folder(root, images_per_class=images_per_class, image_size=image_size)
+    (root / COMPLETE_MARKER).write_text(f"{images_per_class} {image_size}\n")
