@@ -1,6 +1,7 @@
 """data.prepare / data.prepared: the paper's squares written once, resumably; the fused crop."""
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -316,12 +317,16 @@ def test_a_full_disk_fails_clearly_and_the_next_run_continues(many_images, tmp_p
         ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
          f"mount -t tmpfs -o size=96k tmpfs {disk} && {{ {run} > {tmp_path}/first.txt "
          f"2>&1; echo $? > {tmp_path}/first_code; }}; "
+         f"wc -l < {disk}/prepared/{PROGRESS} > {tmp_path}/recorded; "
          f"mount -o remount,size=4m {disk} && {run} > {tmp_path}/second.txt 2>&1 && "
          f"cp -r {disk}/prepared {copy}"],
         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     first = (tmp_path / "first.txt").read_text()
     assert (tmp_path / "first_code").read_text().strip() != "0"
     assert "The disk is full" in first and "run prepare again" in first, first[-2000:]
+    # The shards it says are kept are those recorded complete, finished in any thread.
+    recorded = int((tmp_path / "recorded").read_text())
+    assert f"{recorded} of 60 shards are complete and kept" in first, first[-2000:]
     assert result.returncode == 0, (tmp_path / "second.txt").read_text()[-2000:]
     second = (tmp_path / "second.txt").read_text()
     assert "0 of 60 shards already complete" not in second
@@ -457,3 +462,39 @@ def test_train_py_prepares_and_trains_from_the_prepared_folder_at_its_size(folde
     assert sorted(summary["skipped_files"]) == bad_files
     assert sorted((output / "skipped_files.txt").read_text().split()) == bad_files
     assert "2 file(s) were left out when the source was listed or prepared" in trained.stdout
+
+
+@pytest.mark.backend_independent
+def test_shards_are_checked_by_size_at_once_and_by_checksum_on_request(folder, tmp_path):
+    target = tmp_path / "prepared"
+    data.prepare(_source(folder), target, size=32, images_per_shard=4, log=lambda line: None)
+    metadata = json.loads((target / METADATA).read_text())
+    shard = target / metadata["splits"]["train"]["shards"][1]
+    recorded = metadata["splits"]["train"]
+    assert recorded["shard_bytes"][1] == shard.stat().st_size
+    assert recorded["shard_sha256"][1] == hashlib.sha256(shard.read_bytes()).hexdigest()
+    assert data.prepared(target, verify=True).counts == data.prepared(target).counts
+    contents = shard.read_bytes()
+    # A byte changed in place: the size is right, only the checksum tells.
+    shard.write_bytes(contents[:100] + bytes([contents[100] ^ 1]) + contents[101:])
+    data.prepared(target)
+    with pytest.raises(data.PreparedFolderError, match=f"{shard.name} has other contents"):
+        data.prepared(target, verify=True)
+    # Truncated (a copy cut short): refused at once, before any epoch starts.
+    shard.write_bytes(contents[: len(contents) // 2])
+    with pytest.raises(data.PreparedFolderError,
+                       match=f"{shard.name} has {len(contents) // 2} bytes, {len(contents)}"):
+        data.prepared(target)
+
+
+@pytest.mark.backend_independent
+def test_files_skipped_at_listing_are_named_by_the_prepared_folder(tmp_path):
+    root = data.write_synthetic_image_folder(tmp_path / "images", classes=2,
+                                             images_per_class=3, image_size=(16, 16))
+    bad_name = os.path.join(os.fsencode(root / "circle"), b"caf\xe9.jpg")
+    with open(bad_name, "wb") as handle:
+        handle.write((root / "circle" / "0000.jpg").read_bytes())
+    source = data.image_folder(root, validation_fraction=0)
+    assert len(source.skipped) == 1
+    data.prepare(source, tmp_path / "prepared", size=16, log=lambda line: None)
+    assert data.prepared(tmp_path / "prepared").skipped == source.skipped

@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import threading
@@ -202,9 +203,10 @@ def _write(source, directory, plan, log):
             for future in futures:
                 future.cancel()
             concurrent.futures.wait(futures)
-            raise _failure(error, directory, done, shards) from error
+            # Shards that other threads finished after the failure are recorded too.
+            raise _failure(error, directory, _read_progress(directory), shards) from error
 
-    metadata = _metadata(plan, shards, done)
+    metadata = _metadata(plan, shards, done, source.skipped)
     _write_json_atomically(directory / METADATA, metadata)
     skipped = sum(len(split["skipped"]) for split in metadata["splits"].values())
     log(f"Prepared {directory}: "
@@ -322,12 +324,14 @@ class _ShardWriter:
                         "images_per_shard"] + count))
                     count += 1
             _sync(temporary)
+            checksum = _sha256(temporary)
             os.replace(temporary, final)
             _sync(self.directory)
             skipped = (skipped_log.read_text(encoding="utf-8", errors="replace").split("\n")
                        if skipped_log.exists() else [])
             entry = {"shard": shard.name, "split": shard.split, "examples": count,
-                     "skipped": [name for name in skipped if name]}
+                     "skipped": [name for name in skipped if name],
+                     "bytes": final.stat().st_size, "sha256": checksum}
             with self.progress_lock, open(self.directory / PROGRESS, "a",
                                           encoding="utf-8") as progress:
                 progress.write(json.dumps(entry) + "\n")
@@ -346,6 +350,14 @@ def _record(image, label, key):
         "label": feature(int64_list=tf.train.Int64List(value=[label])),
         "key": feature(int64_list=tf.train.Int64List(value=[key])),
     })).SerializeToString(deterministic=True)  # features in one order, every run
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _sync(path):
@@ -379,17 +391,21 @@ def _failure(error, directory, done, shards):
                    f"{kept}; run prepare again to continue.")
 
 
-def _metadata(plan, shards, done):
+def _metadata(plan, shards, done, skipped_at_listing):
     splits = {}
     for shard in shards:
         entry = done[shard.name]
         split = splits.setdefault(shard.split, {"shards": [], "shard_examples": [],
+                                                "shard_bytes": [], "shard_sha256": [],
                                                 "examples": 0, "skipped": []})
         split["shards"].append(shard.name)
         split["shard_examples"].append(entry["examples"])
+        split["shard_bytes"].append(entry.get("bytes"))  # None: recorded by an older version
+        split["shard_sha256"].append(entry.get("sha256"))
         split["examples"] += entry["examples"]
         split["skipped"] += entry["skipped"]
-    return {**plan, "splits": splits}
+    # Files the listing could not even name to TensorFlow (not UTF-8), which no shard read.
+    return {**plan, "splits": splits, "skipped_at_listing": list(skipped_at_listing)}
 
 
 def _read_json(path):
@@ -417,7 +433,7 @@ def is_prepared(directory):
     return (directory / METADATA).exists() or (directory / PLAN).exists()
 
 
-def prepared(directory):
+def prepared(directory, verify=False):
     """The `Source` of a folder written by `prepare`.
 
     Its splits read the shards: in order without shuffling; shuffled, in an
@@ -430,11 +446,21 @@ def prepared(directory):
     when it was prepared are `Source.skipped` (training names them in its
     `skipped_files.txt` and `summary.json`).
 
+    Every shard's size is checked against the metadata at once, so a
+    truncated or replaced shard is an error here rather than mid-epoch;
+    `verify=True` also checks every shard's SHA-256 (reading every byte).
+
     Args:
         directory: the prepared folder.
+        verify: check the shards' checksums too.
 
     Returns:
         A `Source`.
+
+    Raises:
+        PreparedFolderError: the folder is not completely prepared, or a
+            shard is missing, of another size or (with `verify`) of other
+            contents.
 
     Example:
 
@@ -455,21 +481,43 @@ def prepared(directory):
     if metadata.get("format") != FORMAT or metadata.get("schema") != SCHEMA:
         raise PreparedFolderError(
             f"{directory / METADATA} is not a keras-alexnet preparation of schema {SCHEMA}.")
-    missing = [name for split in metadata["splits"].values() for name in split["shards"]
-               if not (directory / name).exists()]
-    if missing:
-        raise PreparedFolderError(
-            f"{directory} is missing {len(missing)} of its shards, e.g. {missing[:3]}; "
-            "prepare it again into a new folder.")
+    _check_shards(directory, metadata, verify)
     size, image_format = metadata["size"], metadata["image_format"]
     splits = {name: _prepared_split([str(directory / shard) for shard in split["shards"]],
                                     split["examples"], size, decode=image_format != "jpeg")
               for name, split in metadata["splits"].items()}
-    skipped = [name for split in metadata["splits"].values() for name in split["skipped"]]
+    skipped = [*metadata.get("skipped_at_listing", []),
+               *(name for split in metadata["splits"].values() for name in split["skipped"])]
     return Source(splits=splits, class_names=metadata["class_names"], skipped=skipped,
                   name=f"{directory} ({size}x{size} {image_format}, prepared from "
                        f"{metadata['source']})",
                   prepared_size=size, jpeg_size=size if image_format == "jpeg" else None)
+
+
+def _check_shards(directory, metadata, verify):
+    """Raises PreparedFolderError for a missing shard, one of another size than
+    recorded, or with `verify` one whose SHA-256 differs (folders prepared before
+    sizes and sums were recorded are checked for presence only)."""
+    missing, damaged = [], []
+    for split in metadata["splits"].values():
+        recorded = zip(split["shards"], split.get("shard_bytes") or [None] * len(split["shards"]),
+                       split.get("shard_sha256") or [None] * len(split["shards"]))
+        for name, size, checksum in recorded:
+            path = directory / name
+            if not path.exists():
+                missing.append(name)
+            elif size is not None and path.stat().st_size != size:
+                damaged.append(f"{name} has {path.stat().st_size} bytes, {size} were written")
+            elif verify and checksum is not None and _sha256(path) != checksum:
+                damaged.append(f"{name} has other contents than were written (SHA-256)")
+    if missing:
+        raise PreparedFolderError(
+            f"{directory} is missing {len(missing)} of its shards, e.g. {missing[:3]}; "
+            "prepare it again into a new folder.")
+    if damaged:
+        raise PreparedFolderError(
+            f"{directory} has {len(damaged)} damaged shard(s): {'; '.join(damaged[:3])}. "
+            "Prepare it again into a new folder (or restore the shards from a copy).")
 
 
 def _prepared_split(paths, count, size, decode):
