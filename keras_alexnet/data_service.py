@@ -27,7 +27,8 @@ fast worker takes more. The trade-off against the other sharding policies:
   twice), and the trainer must read from co-located workers.
 
 A lost worker: TensorFlow's client waits for it to come back at its address
-(the dispatcher keeps its tasks). Restarted there (same `--host` and
+(the dispatcher keeps its tasks), however long, and whether or not other
+workers are alive: the dispatcher's `worker_timeout` only logs it lost. Restarted there (same `--host` and
 `--port`), it continues the epoch: what it held when it was lost, if anything,
 is not read again, and the trainer then says the epoch came short. If no batch comes for
 `timeout` seconds, `StalledServiceWatchdog` ends the training process with a
@@ -64,8 +65,10 @@ from tensorflow.python.data.experimental.ops import data_service_ops
 
 from keras_alexnet._validation import check_positive_int
 
-# How long the dispatcher waits for a worker's heartbeat before it gives the
-# worker up: the trainer waits that long at most on a worker that died.
+# How long the dispatcher waits for a worker's heartbeat before it logs the
+# worker lost. The trainer does not stop waiting then: TensorFlow's client
+# keeps waiting for a lost worker's tasks to come back at its address, even
+# while other workers are alive, until `StalledServiceWatchdog` ends it.
 WORKER_TIMEOUT_SECONDS = 30
 # How often a worker heartbeats to the dispatcher (TensorFlow's default, 30
 # seconds, would let a live worker look lost).
@@ -307,8 +310,10 @@ def start_dispatcher(port, worker_timeout=WORKER_TIMEOUT_SECONDS, work_dir=None)
 
     Args:
         port: the port to listen on.
-        worker_timeout: seconds without a heartbeat after which a worker is
-            given up (and the trainer stops waiting for it).
+        worker_timeout: seconds without a heartbeat after which the
+            dispatcher logs a worker lost ('Lost worker'). The trainers still
+            wait for its tasks to come back at its address (see the module
+            docstring); `StalledServiceWatchdog` bounds that wait.
         work_dir: a folder where the dispatcher journals its state, so a
             restarted dispatcher continues its jobs; `None`: in memory.
     """
