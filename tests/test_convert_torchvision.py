@@ -201,3 +201,20 @@ def test_convert_command_checks_the_destination_before_reading_the_source(pth_fi
             assert convert_main([pth_file, str(tmp_path / destination)]) == 2
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file",
                                                                 "a_folder.weights.h5"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_files_load_as_float32_and_say_so(network, pixels, tmp_path, dtype):
+    """`{k: v.half()}` or bfloat16 files: every value is exactly a float32, so the model
+    must match torchvision running those same rounded weights in float32."""
+    halved = {key: value.to(dtype) for key, value in network.state_dict().items()}
+    path = tmp_path / "alexnet-half.pth"
+    torch.save(halved, path)
+    reference = torchvision.models.alexnet().eval()
+    reference.load_state_dict({key: value.float() for key, value in halved.items()})
+    with pytest.warns(UserWarning, match=rf"{str(dtype)[6:]} tensors.*converted to float32"):
+        model = AlexNet(weights=str(path), classifier_activation=None)
+    inputs = pixels / 255.0 - 0.5
+    expected = _torchvision_logits(reference, inputs)
+    assert np.abs(expected - _torchvision_logits(network, inputs)).max() > 1e-3  # rounded
+    np.testing.assert_allclose(_predict(model, inputs), expected, atol=1e-4, rtol=1e-5)
