@@ -348,6 +348,11 @@ class TrainPreset:
                 `"grpc://host:5050"`, to make the batches on its workers, or
                 the `keras_alexnet.data_service.EpochJobs` the processes of
                 a run share.
+
+        Raises:
+            NoUsableImagesError: no training image decodes (see
+                `Source.check_usable`; not checked with `data_service`).
+            ValueError: the split holds fewer images than one batch.
         """
         check_positive_int("batch_size", batch_size)
         shuffle_buffer = self._shuffle_buffer(shuffle_buffer)
@@ -358,6 +363,15 @@ class TrainPreset:
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         count = source.counts.get("train")
+        # Epochs of no full batch would follow each other forever. The
+        # service's workers may read files this process cannot: there only
+        # the count is checked.
+        if data_service is None:
+            source.check_usable("train")
+        if count is not None and count < batch_size:
+            raise ValueError(
+                f"The 'train' split of {source.name} has {count} images, fewer than one batch "
+                f"of {batch_size}. Received: batch_size={batch_size}")
 
         def epoch_seed(epoch):
             return tf.constant(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)

@@ -451,3 +451,55 @@ def test_train_py_prepares_and_trains_from_the_prepared_folder_at_its_size(folde
     assert sorted(summary["skipped_files"]) == bad_files
     assert sorted((output / "skipped_files.txt").read_text().split()) == bad_files
     assert "2 file(s) were left out when the source was listed or prepared" in trained.stdout
+
+
+def _undecodable_folder(root):
+    """Two classes of four files, none of them an image."""
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for index in range(4):
+            (root / name / f"{index}.jpg").write_bytes(b"not an image")
+    return root
+
+
+def test_a_folder_where_nothing_decodes_is_a_clear_error_before_anything_is_written(
+        tmp_path):
+    root = _undecodable_folder(tmp_path / "allbad")
+    source = data.image_folder(root, validation_fraction=0.25)
+    with pytest.raises(data.NoUsableImagesError, match=r"No file of the 'train' split"):
+        data.prepare(source, tmp_path / "prepared", size=SIZE)
+    assert not (tmp_path / "prepared").exists()
+    with pytest.raises(data.NoUsableImagesError, match=r"No file of the 'train' split"):
+        TrainPreset(crop_size=SIZE, resize_size=SIZE).epochs(source, batch_size=2)
+    # train.py holds out no validation image of four per class.
+    command = [sys.executable, str(ROOT / "train.py"), "--backend", keras.backend.backend(),
+               "--data", str(root), "--epochs", "1", "--batch-size", "2", "--quiet"]
+    for arguments, written in ((["--output", str(tmp_path / "run")], tmp_path / "run"),
+                               (["--prepare", str(tmp_path / "prepared")],
+                                tmp_path / "prepared")):
+        result = subprocess.run([*command, *arguments], cwd=ROOT, capture_output=True,
+                                text=True)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        assert f"No file of the 'train' split of {root} (8 files)" in result.stderr
+        assert not written.exists()
+
+
+def test_an_empty_or_too_small_split_is_refused_not_read_forever(folder, tmp_path):
+    """A preparation with no examples (written before prepare refused them) and a split
+    smaller than one batch would give endless epochs of no batch."""
+    target = tmp_path / "prepared"
+    data.prepare(_source(folder), target, size=SIZE)
+    metadata = json.loads((target / METADATA).read_text())
+    metadata["splits"]["validation"].update(examples=0, shards=[], shard_examples=[])
+    (target / METADATA).write_text(json.dumps(metadata))
+    with pytest.raises(data.NoUsableImagesError, match=r"'validation' split.*no image"):
+        data.prepared(target)
+    preset = TrainPreset(crop_size=SIZE, resize_size=SIZE)
+    split = data.Split(count=0, read=lambda *arguments: None)
+    with pytest.raises(data.NoUsableImagesError, match=r"'train' split.*no image"):
+        preset.epochs(data.Source(splits={"train": split}, class_names=["a"]), batch_size=2)
+    small = _source(folder)
+    count = small.counts["train"]
+    with pytest.raises(ValueError, match=rf"{count} images, fewer than one batch of {count + 1}"):
+        preset.epochs(small, batch_size=count + 1)

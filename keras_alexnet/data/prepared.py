@@ -49,7 +49,7 @@ import tensorflow as tf
 
 from keras_alexnet._validation import check_positive_int
 from keras_alexnet.data.folder import decode_rgb
-from keras_alexnet.data.source import Source, Split, read_each_epoch
+from keras_alexnet.data.source import NoUsableImagesError, Source, Split, read_each_epoch
 
 FORMAT = "keras-alexnet-prepared"
 SCHEMA = 1
@@ -101,7 +101,8 @@ def prepare(source, directory, size=256, format="jpeg", quality=95, images_per_s
     `TrainPreset(resize_size=size).square` computes it, then encoded. The
     work runs on every core (parallel `tf.data` pipelines, several shards at
     once). Files that cannot be decoded are skipped, counted and named (in
-    the log and in the metadata).
+    the log and in the metadata); a split where not one decodes is refused
+    (`NoUsableImagesError`) before anything is written.
 
     It resumes: a killed or failed `prepare` (a full disk, say: the error
     says so and what is kept) continues, given the same source and
@@ -135,6 +136,8 @@ def prepare(source, directory, size=256, format="jpeg", quality=95, images_per_s
     >>> prepared = data.prepared("~/images-256")        # doctest: +SKIP
     """
     plan = _plan(source, size, format, quality, images_per_shard)
+    for split in source.splits:  # a preparation of nothing would "succeed"
+        source.check_usable(split)
     directory = Path(os.path.expanduser(os.fspath(directory)))
     finished = _check_directory(directory, plan)
     if finished is None:
@@ -461,6 +464,11 @@ def prepared(directory):
         raise PreparedFolderError(
             f"{directory} is missing {len(missing)} of its shards, e.g. {missing[:3]}; "
             "prepare it again into a new folder.")
+    empty = [name for name, split in metadata["splits"].items() if not split["examples"]]
+    if empty:  # written before `prepare` refused them; its epochs would hold nothing
+        raise NoUsableImagesError(
+            f"The {empty[0]!r} split of {directory} holds no image: not one of its files "
+            f"could be decoded when it was prepared from {metadata['source']}.")
     size, image_format = metadata["size"], metadata["image_format"]
     splits = {name: _prepared_split([str(directory / shard) for shard in split["shards"]],
                                     split["examples"], size, decode=image_format != "jpeg")
