@@ -1,6 +1,7 @@
 """Argument checks shared by the package's public functions."""
 
 import os
+from pathlib import Path
 
 
 def check_positive_int(name, value):
@@ -21,3 +22,10 @@ def check_writable_folder(folder, what):
         raise ValueError(f"Cannot write {what}: {folder} {problem}.")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"Cannot write {what}: the folder {folder} is not writable.")
+
+
+def check_can_create(path, what):
+    """Raises ValueError unless the missing `path` can be created with its missing parents:
+    the nearest existing folder above it must be a writable folder."""
+    existing = next(folder for folder in Path(path).parents if folder.exists())
+    check_writable_folder(existing, what)

@@ -41,7 +41,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_alexnet._validation import check_positive_int, check_writable_folder
+from keras_alexnet._validation import check_can_create, check_positive_int
 from keras_alexnet.imagenet import imagenet_class_names
 from keras_alexnet.models import normalizes_inputs, resolve_outputs
 from keras_alexnet.presets import EvalPreset
@@ -150,8 +150,7 @@ def check_export_target(path, overwrite=False):
     if not path.exists():
         # Its missing folders are created at the end (of training, for
         # train.py --export): where that cannot work, say so now.
-        existing = next(folder for folder in path.parents if folder.exists())
-        check_writable_folder(existing, f"the export {str(path)!r}")
+        check_can_create(path, f"the export {str(path)!r}")
         return
     if not path.is_dir():
         raise FileExistsError(f"{path} is a file, not a SavedModel folder; nothing was "

@@ -503,3 +503,12 @@ def test_an_empty_or_too_small_split_is_refused_not_read_forever(folder, tmp_pat
     count = small.counts["train"]
     with pytest.raises(ValueError, match=rf"{count} images, fewer than one batch of {count + 1}"):
         preset.epochs(small, batch_size=count + 1)
+
+
+def test_a_prepared_folder_that_cannot_be_created_is_refused_before_reading(folder, tmp_path):
+    (tmp_path / "afile").write_text("")
+    source = _source(folder)
+    source.check_usable = None  # reading an image would fail with a TypeError
+    with pytest.raises(ValueError, match=r"afile is not a folder"):
+        data.prepare(source, tmp_path / "afile" / "prepared", size=SIZE)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["afile"]

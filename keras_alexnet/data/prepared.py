@@ -47,7 +47,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from keras_alexnet._validation import check_positive_int
+from keras_alexnet._validation import check_can_create, check_positive_int
 from keras_alexnet.data.folder import decode_rgb
 from keras_alexnet.data.source import NoUsableImagesError, Source, Split, read_each_epoch
 
@@ -136,11 +136,11 @@ def prepare(source, directory, size=256, format="jpeg", quality=95, images_per_s
     >>> prepared = data.prepared("~/images-256")        # doctest: +SKIP
     """
     plan = _plan(source, size, format, quality, images_per_shard)
-    for split in source.splits:  # a preparation of nothing would "succeed"
-        source.check_usable(split)
     directory = Path(os.path.expanduser(os.fspath(directory)))
     finished = _check_directory(directory, plan)
     if finished is None:
+        for split in source.splits:  # a preparation of nothing would "succeed"
+            source.check_usable(split)
         directory.mkdir(parents=True, exist_ok=True)
         with _exclusive_lock(directory):
             # Checked again under the lock: another prepare may have planned or
@@ -252,6 +252,8 @@ def _shards(plan):
 def _check_directory(directory, plan):
     """Refuses a folder that is not this preparation's; returns its metadata if finished."""
     if not directory.exists():
+        # Created now, before any image is read.
+        check_can_create(directory, f"the prepared folder {str(directory)!r}")
         return None
     if not directory.is_dir():
         raise PreparedFolderError(f"{directory} exists and is not a folder.")
