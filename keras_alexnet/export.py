@@ -42,7 +42,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_alexnet._validation import check_positive_int
+from keras_alexnet._validation import check_can_create, check_positive_int
 from keras_alexnet.imagenet import imagenet_class_names
 from keras_alexnet.models import normalizes_inputs, resolve_outputs
 from keras_alexnet.presets import EvalPreset
@@ -144,12 +144,15 @@ SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "saved_model.pbtxt", "variabl
 def check_export_target(path, overwrite=False):
     """Raises unless a SavedModel may be written at `path`; touches nothing.
 
-    A missing path or an empty folder is free. A previous SavedModel is
-    replaced only with `overwrite`. A file, or a folder holding anything but
-    a SavedModel, is refused.
+    A missing path or an empty folder is free, if the folders it is created
+    in can be. A previous SavedModel is replaced only with `overwrite`. A
+    file, or a folder holding anything but a SavedModel, is refused.
     """
     path = Path(path).expanduser().resolve()
     if not path.exists():
+        # Its missing folders are created at the end (of training, for
+        # train.py --export): where that cannot work, say so now.
+        check_can_create(path, f"the export {str(path)!r}")
         return
     if not path.is_dir():
         raise FileExistsError(f"{path} is a file, not a SavedModel folder; nothing was "

@@ -41,12 +41,17 @@ def square_bytes(resize_size):
     return resize_size * resize_size * 3
 
 
+def _short_side_shape(shape, size):
+    """The `[height, width]` (int32) of an image of `shape` whose shorter side is resized
+    to `size`."""
+    shape = tf.cast(shape, tf.float32)
+    new_shape = tf.cast(tf.round(shape * (size / tf.reduce_min(shape))), tf.int32)
+    return tf.maximum(new_shape, size)  # guard against rounding below `size`
+
+
 def resize_short_side(image, size):
     """Resizes image(s) `(..., H, W, C)` so the shorter side is `size` (float32 out)."""
-    shape = tf.cast(tf.shape(image)[-3:-1], tf.float32)
-    scale = size / tf.reduce_min(shape)
-    new_shape = tf.cast(tf.round(shape * scale), tf.int32)
-    new_shape = tf.maximum(new_shape, size)  # guard against rounding below `size`
+    new_shape = _short_side_shape(tf.shape(image)[-3:-1], size)
     return tf.image.resize(image, new_shape, method="bilinear", antialias=True)
 
 
@@ -56,6 +61,48 @@ def center_crop(image, size):
     top = (shape[-3] - size) // 2
     left = (shape[-2] - size) // 2
     return image[..., top : top + size, left : left + size, :]
+
+
+def resize_and_center_crop(images, resize_size, crop_size):
+    """`center_crop(resize_short_side(images, resize_size), crop_size)`, computing only the crop.
+
+    Resizing the whole image first would take `resize_size` times the long
+    side's stretch: a 12000x3 image resized to short side 256 is 3 GB of
+    float32. Instead only the input rows and columns that the crop's pixels
+    read (the crop's window in the input, widened by the resize kernel's
+    reach) are resized, by the same scale and to the same positions as
+    `tf.image.resize` would (its antialiased bilinear resize is
+    `ScaleAndTranslate` with the triangle kernel): the same values, to
+    float32 rounding, in memory proportional to the crop.
+
+    Args:
+        images: one image `(H, W, C)` or a batch `(N, H, W, C)`, any real dtype.
+        resize_size: the short side is resized to this.
+        crop_size: side of the central crop, at most `resize_size`.
+
+    Returns:
+        float32 `(crop_size, crop_size, C)`, or `(N, crop_size, crop_size, C)`.
+    """
+    images = tf.convert_to_tensor(images)
+    batch = images if images.shape.rank == 4 else images[tf.newaxis]
+    shape = tf.shape(batch)[1:3]
+    resized = _short_side_shape(shape, resize_size)
+    scale = tf.cast(resized, tf.float32) / tf.cast(shape, tf.float32)
+    corner = tf.cast((resized - crop_size) // 2, tf.float32)  # the crop's, in `resized`
+    # The triangle kernel reaches one input pixel either side, 1 / scale when
+    # antialiasing a reduction; one more for rounding.
+    reach = tf.math.ceil(tf.maximum(1.0, 1.0 / scale)) + 1.0
+    start = tf.maximum(tf.cast(tf.floor(corner / scale - reach), tf.int32), 0)
+    end = tf.minimum(tf.cast(tf.math.ceil((corner + crop_size) / scale + reach), tf.int32),
+                     shape)
+    window = batch[:, start[0] : end[0], start[1] : end[1], :]
+    # Output pixel x samples the input at (x + 0.5 - translation) / scale - 0.5:
+    # shifted by the crop's corner in the output and the window's in the input.
+    translation = scale * tf.cast(start, tf.float32) - corner
+    crops = tf.raw_ops.ScaleAndTranslate(
+        images=window, size=[crop_size, crop_size], scale=scale, translation=translation,
+        kernel_type="triangle", antialias=True)
+    return crops if images.shape.rank == 4 else crops[0]
 
 
 def normalize(image, mean, std):
@@ -161,6 +208,8 @@ class TrainPreset:
         The deterministic part of the augmentation, done once per image before
         the shuffle buffer and the cache (as the paper down-sampled every
         image to 256x256 once). An image already of that size passes as it is.
+        Only the part the square keeps is resized (`resize_and_center_crop`),
+        so a very wide or tall image costs no more memory than its square.
         """
         size = self.resize_size
         shape = tf.shape(image)
@@ -168,7 +217,7 @@ class TrainPreset:
             tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size)),
             lambda: image,
             lambda: tf.cast(tf.round(tf.clip_by_value(
-                center_crop(resize_short_side(image, size), size), 0.0, 255.0)), tf.uint8),
+                resize_and_center_crop(image, size, size), 0.0, 255.0)), tf.uint8),
         )
 
     def augment(self, image, seed):
@@ -330,6 +379,11 @@ class TrainPreset:
                 `"grpc://host:5050"`, to make the batches on its workers, or
                 the `keras_alexnet.data_service.EpochJobs` the processes of
                 a run share.
+
+        Raises:
+            NoUsableImagesError: no training image decodes (see
+                `Source.check_usable`; not checked with `data_service`).
+            ValueError: the split holds fewer images than one batch.
         """
         check_positive_int("batch_size", batch_size)
         shuffle_buffer = self._shuffle_buffer(shuffle_buffer)
@@ -340,6 +394,15 @@ class TrainPreset:
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         count = source.counts.get("train")
+        # Epochs of no full batch would follow each other forever. The
+        # service's workers may read files this process cannot: there only
+        # the count is checked.
+        if data_service is None:
+            source.check_usable("train")
+        if count is not None and count < batch_size:
+            raise ValueError(
+                f"The 'train' split of {source.name} has {count} images, fewer than one batch "
+                f"of {batch_size}. Received: batch_size={batch_size}")
 
         def epoch_seed(epoch):
             return tf.constant(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
@@ -526,12 +589,12 @@ class EvalPreset:
         Works on one image or a batch (a batch is resized as a whole, so its
         images share a size). Used by the SavedModel's serving signature.
         """
-        images = center_crop(resize_short_side(images, self.resize_size), self.crop_size)
+        images = resize_and_center_crop(images, self.resize_size, self.crop_size)
         return self._model_inputs(images)
 
     def ten_crops(self, image):
         """One uint8 image -> `(10, crop, crop, 3)` crops, normalised unless `normalize=False`."""
-        square = center_crop(resize_short_side(image, self.resize_size), self.resize_size)
+        square = resize_and_center_crop(image, self.resize_size, self.resize_size)
         far = self.resize_size - self.crop_size
         corners = [(0, 0), (0, far), (far, 0), (far, far), (far // 2, far // 2)]
         crops = tf.stack([square[top : top + self.crop_size, left : left + self.crop_size]

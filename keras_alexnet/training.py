@@ -656,6 +656,7 @@ def make_datasets(recipe, source, skipped_log=None, first_epoch=0, normalize=Tru
                                     data_service=data_service).skip(offset)
     validation = None
     if "validation" in source.counts:
+        source.check_usable("validation")  # the training split's is checked by `epochs`
         validation = eval_preset.dataset(
             source.examples("validation", skipped_log=skipped_log), recipe.batch_size,
             cache=_validation_fits_in_memory(source, eval_preset))

@@ -170,3 +170,51 @@ def test_converted_file_loads_without_torch(pth_file, network, pixels, tmp_path)
     std = np.array([0.229, 0.224, 0.225])
     expected = _torchvision_logits(network, ((pixels / 255 - mean) / std).astype("float32"))
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_convert_command_checks_the_destination_before_reading_the_source(pth_file, tmp_path):
+    """A destination in a missing folder, under a file or that is a folder: exit 2 and
+    a message naming it, before the 233 MB source is read or a model built."""
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "a_folder.weights.h5").mkdir()
+    command = [sys.executable, "-m", "keras_alexnet.convert", pth_file,
+               str(tmp_path / "missing_dir" / "x.weights.h5")]
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, "KERAS_BACKEND": keras.backend.backend()})
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "missing_dir" in result.stderr and "does not exist" in result.stderr
+
+    import keras_alexnet.convert
+    from keras_alexnet.convert.__main__ import main as convert_main
+
+    def unexpected_read(path):
+        raise AssertionError(f"the source was read: {path}")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras_alexnet.convert, "read_weights", unexpected_read)
+        for destination, message in [("missing_dir/x.weights.h5", "does not exist"),
+                                     ("a_file/x.weights.h5", "is not a folder"),
+                                     ("a_folder.weights.h5", "is a folder")]:
+            with pytest.raises(ValueError, match=message):
+                keras_alexnet.convert.convert_weights(pth_file, tmp_path / destination)
+            assert convert_main([pth_file, str(tmp_path / destination)]) == 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file",
+                                                                "a_folder.weights.h5"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_files_load_as_float32_and_say_so(network, pixels, tmp_path, dtype):
+    """`{k: v.half()}` or bfloat16 files: every value is exactly a float32, so the model
+    must match torchvision running those same rounded weights in float32."""
+    halved = {key: value.to(dtype) for key, value in network.state_dict().items()}
+    path = tmp_path / "alexnet-half.pth"
+    torch.save(halved, path)
+    reference = torchvision.models.alexnet().eval()
+    reference.load_state_dict({key: value.float() for key, value in halved.items()})
+    with pytest.warns(UserWarning, match=rf"{str(dtype)[6:]} tensors.*converted to float32"):
+        model = AlexNet(weights=str(path), classifier_activation=None)
+    inputs = pixels / 255.0 - 0.5
+    expected = _torchvision_logits(reference, inputs)
+    assert np.abs(expected - _torchvision_logits(network, inputs)).max() > 1e-3  # rounded
+    np.testing.assert_allclose(_predict(model, inputs), expected, atol=1e-4, rtol=1e-5)

@@ -259,3 +259,15 @@ def test_failed_export_leaves_nothing(model, tmp_path):
         export_saved_model(AlexNet(include_top=False, input_shape=(None, None, 3)),
                            tmp_path / "export")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_under_a_file_is_refused_before_anything_is_written(tmp_path):
+    """`train.py --export` checks its target before training: a path whose folders
+    cannot be created is a ValueError then, not an OSError at the end."""
+    from keras_alexnet.export import check_export_target
+
+    (tmp_path / "afile").write_text("data")
+    with pytest.raises(ValueError, match=r"afile is not a folder"):
+        check_export_target(tmp_path / "afile" / "serving" / "1")
+    check_export_target(tmp_path / "new" / "serving" / "1")  # created when exporting
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -172,3 +177,66 @@ def test_eval_preset_for_model():
     assert (plain.crop_size, plain.normalize, plain.ten_crop) == (224, True, True)
     with pytest.raises(ValueError, match="square images"):
         EvalPreset.for_model(AlexNet(include_top=False, input_shape=(None, None, 3)))
+
+
+def _full_resize_then_crop(image, resize_size, crop_size):
+    """The reference: `tf.image.resize` of the whole image (short side `resize_size`,
+    antialiased bilinear), then its central crop."""
+    height, width = image.shape[-3:-1]
+    scale = resize_size / min(height, width)
+    size = [max(round(height * scale), resize_size), max(round(width * scale), resize_size)]
+    resized = tf.image.resize(image, size, method="bilinear", antialias=True).numpy()
+    top, left = (size[0] - crop_size) // 2, (size[1] - crop_size) // 2
+    return resized[..., top : top + crop_size, left : left + crop_size, :]
+
+
+@pytest.mark.parametrize("shape", [(300, 500), (500, 300), (256, 256), (257, 256), (100, 80),
+                                   (4, 500), (500, 3), (1, 1)])
+def test_squares_and_crops_match_resizing_the_whole_image(shape):
+    """Only the part of the image the central crop keeps is resized, with the same
+    values as resizing the whole image, on ordinary and extreme aspect ratios."""
+    image = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    square = _full_resize_then_crop(image, 64, 64)
+    got = TrainPreset(crop_size=48, resize_size=64).square(image).numpy()
+    assert got.dtype == np.uint8
+    expected = np.round(np.clip(square, 0, 255))
+    # Only values within float rounding of x.5 may round the other way.
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    assert np.all(np.abs(square % 1 - 0.5)[got != expected] < 0.02)
+    preset = EvalPreset(crop_size=48, resize_size=64, normalize=False)
+    np.testing.assert_allclose(preset.preprocess(image).numpy(),
+                               _full_resize_then_crop(image, 64, 48), atol=0.02)
+    batch = np.stack([image, image[::-1]])
+    np.testing.assert_allclose(preset.preprocess(batch).numpy(),
+                               _full_resize_then_crop(batch, 64, 48), atol=0.02)
+    crops = EvalPreset(crop_size=48, resize_size=64, normalize=False).ten_crops(image).numpy()
+    np.testing.assert_allclose(crops[4], square[8:56, 8:56], atol=0.02)  # the centre
+    np.testing.assert_allclose(crops[3], square[16:, 16:], atol=0.02)  # a corner
+
+
+def test_very_wide_or_tall_images_take_the_memory_of_their_crop():
+    """A 12000x3 image resized whole to short side 256 is 3 GB of float32; its square,
+    its evaluation crop and its ten crops need a few MB (peak RSS of a fresh process)."""
+    script = textwrap.dedent("""
+        import resource
+        import numpy as np
+        from keras_alexnet.presets import EvalPreset, TrainPreset
+
+        def peak():
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+        image = np.zeros((300, 400, 3), np.uint8)
+        calls = (TrainPreset().square, EvalPreset().preprocess,
+                 EvalPreset(ten_crop=True).ten_crops)
+        for call in calls:  # loads TensorFlow's kernels
+            call(image)
+        before = peak()
+        for shape in [(3, 12000, 3), (12000, 3, 3)]:
+            for call in calls:
+                call(np.full(shape, 7, np.uint8))
+        print((peak() - before) / 1e6)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split()[-1]) < 200  # MB

@@ -18,6 +18,7 @@ import os
 import uuid
 from pathlib import Path
 
+from keras_alexnet._validation import check_writable_folder
 from keras_alexnet.convert._pretrained import PretrainedWeights
 from keras_alexnet.convert.caffe import read_caffemodel
 from keras_alexnet.convert.torchvision import (
@@ -135,13 +136,20 @@ def convert_weights(source, destination, overwrite=False):
 
     Args:
         source: a `.caffemodel` or `.pth` / `.pt` file.
-        destination: the `.weights.h5` file to write (a leading `~` is the
-            home folder, as for `source`).
+        destination: the `.weights.h5` file to write, in an existing folder
+            (a leading `~` is the home folder, as for `source`). It is checked
+            before `source` is read.
         overwrite: replace an existing destination; without it an existing
             file is an error and is left untouched.
 
     Returns:
         The `PretrainedWeights` read from `source`.
+
+    Raises:
+        ValueError: the destination does not end in `.weights.h5`, is a
+            folder, or its folder does not exist or is not writable; or
+            `source` cannot be read (see `read_weights`).
+        FileExistsError: the destination exists and `overwrite` is False.
 
     Example:
 
@@ -159,10 +167,17 @@ def convert_weights(source, destination, overwrite=False):
             "The destination must be a `.weights.h5` file. "
             f"Received: destination={str(destination)!r}"
         )
+    if destination.is_dir():
+        raise ValueError(
+            "The destination is a folder; give the `.weights.h5` file to write in it. "
+            f"Received: destination={str(destination)!r}"
+        )
     if destination.exists() and not overwrite:
         raise FileExistsError(
             f"{destination} already exists; pass overwrite=True (--overwrite) to replace it."
         )
+    # Before the source is read and the model built: both take seconds.
+    check_writable_folder(destination.parent, f"destination={str(destination)!r}")
     pretrained = read_weights(source)
     if pretrained.layers is None:
         raise ValueError(

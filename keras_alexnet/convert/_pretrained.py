@@ -6,7 +6,8 @@ reading its input flattened as `(channels, height, width)`; Keras stores
 `(kh, kw, in / groups, out)` and `(in, out)` and flattens `(height, width,
 channels)`. The format readers (`caffe.py`, `torchvision.py`) return the
 channels-first arrays as stored (RGB inputs); this module converts them for a
-given model and assigns them only once every shape has been checked.
+given model and assigns them only once every shape has been checked, one layer
+at a time, so a 233 MB file is held once plus one converted layer.
 """
 
 import dataclasses
@@ -19,22 +20,24 @@ CLASSIFIER_LAYERS = ("fc6", "fc7", "fc8")
 
 
 def conv_kernel_to_keras(kernel):
-    """`(out, in / groups, kh, kw)` -> Keras' `(kh, kw, in / groups, out)`."""
-    return np.transpose(kernel, (2, 3, 1, 0))
+    """`(out, in / groups, kh, kw)` -> Keras' `(kh, kw, in / groups, out)`, one float32 copy."""
+    return np.ascontiguousarray(np.transpose(kernel, (2, 3, 1, 0)), "float32")
 
 
 def dense_kernel_to_keras(kernel, channels_first_input_shape=None):
-    """`(out, in)` -> Keras' `(in, out)`.
+    """`(out, in)` -> Keras' `(in, out)`, one float32 copy.
 
     For the first dense layer after a flatten, Caffe and PyTorch flatten
     `(C, H, W)` while Keras flattens `(H, W, C)`; pass
     `channels_first_input_shape=(C, H, W)` to reorder the input rows.
+    Reordering and transposing are one transpose, so fc6 (151 MB) is copied
+    once.
     """
-    if channels_first_input_shape is not None:
-        channels, height, width = channels_first_input_shape
-        kernel = kernel.reshape(kernel.shape[0], channels, height, width)
-        kernel = kernel.transpose(0, 2, 3, 1).reshape(kernel.shape[0], -1)
-    return kernel.T
+    out = kernel.shape[0]
+    if channels_first_input_shape is None:
+        return np.ascontiguousarray(kernel.T, "float32")
+    transposed = kernel.reshape(out, *channels_first_input_shape).transpose(2, 3, 1, 0)
+    return np.ascontiguousarray(transposed, "float32").reshape(-1, out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +91,7 @@ def set_channels_first_weights(model, weights, source):
     """
     present = {layer.name for layer in model.layers}
     has_top = any(name in present for name in CLASSIFIER_LAYERS)
-    assignments = []
+    checked = []
     for name, (kernel, bias) in weights.items():
         if name not in present:
             if name in CLASSIFIER_LAYERS and not has_top:
@@ -98,24 +101,28 @@ def set_channels_first_weights(model, weights, source):
                 f"Received: a model with layers {sorted(present)}"
             )
         layer = model.get_layer(name)
-        kernel, bias = np.asarray(kernel), np.asarray(bias)
+        kernel, bias = np.asarray(kernel), np.asarray(bias)  # views, not copies
         model_kernel, model_bias = (tuple(weight.shape) for weight in layer.weights)
         if isinstance(layer, keras.layers.Dense):
             expected = (model_kernel[1], model_kernel[0])  # (out, in)
             _check_shape(source, name, "kernel (out, in)", kernel.shape, expected,
                          _flatten_hint(model, name, kernel, expected))
-            flattened = _pool5_channels_first_shape(model) if name == "fc6" else None
-            keras_kernel = dense_kernel_to_keras(kernel, flattened)
         else:
             expected = (model_kernel[3], model_kernel[2], model_kernel[0], model_kernel[1])
             _check_shape(source, name, "kernel (out, in / groups, kh, kw)", kernel.shape,
                          expected, _groups_hint(layer, kernel, expected))
-            keras_kernel = conv_kernel_to_keras(kernel)
         _check_shape(source, name, "bias", bias.shape, model_bias)
-        assignments.append((layer, [np.ascontiguousarray(keras_kernel, "float32"),
-                                    np.asarray(bias, "float32")]))
-    for layer, values in assignments:
-        layer.set_weights(values)
+        checked.append((layer, kernel, bias))
+    # Converted one layer at a time, once every shape is known to fit: the
+    # conversions are copies, and the published file is 233 MB.
+    for layer, kernel, bias in checked:
+        if isinstance(layer, keras.layers.Dense):
+            flattened = _pool5_channels_first_shape(model) if layer.name == "fc6" else None
+            keras_kernel = dense_kernel_to_keras(kernel, flattened)
+        else:
+            keras_kernel = conv_kernel_to_keras(kernel)
+        layer.set_weights([keras_kernel, np.asarray(bias, "float32")])
+        del keras_kernel  # before the next layer's copy
 
 
 def _check_shape(source, layer_name, what, shape, expected, hint=""):

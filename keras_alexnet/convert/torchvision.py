@@ -7,6 +7,8 @@ state dict has the keys `features.{0,3,6,8,10}` and `classifier.{1,4,6}`
 with ImageNet's mean and standard deviation.
 """
 
+import warnings
+
 import numpy as np
 
 from keras_alexnet.convert._pretrained import PretrainedWeights, set_channels_first_weights
@@ -37,7 +39,8 @@ def read_state_dict_file(path):
 
     Returns:
         A `PretrainedWeights`: variant `"one_weird_trick"`, the class count of
-        the last layer, ImageNet's normalisation, and the weights.
+        the last layer, ImageNet's normalisation, and the weights, float32
+        (a file saved in float16 or bfloat16 is converted, with a warning).
 
     Raises:
         ImportError: PyTorch is not installed (the message says how to
@@ -113,7 +116,7 @@ def load_torch_state_dict(model, state_dict, layer_names=None):
 
 
 def _layers_from_state_dict(state_dict, layer_names, source):
-    layers = {}
+    layers, converted = {}, set()
     for prefix, layer_name in layer_names.items():
         keys = (f"{prefix}.weight", f"{prefix}.bias")
         missing = [key for key in keys if key not in state_dict]
@@ -122,11 +125,22 @@ def _layers_from_state_dict(state_dict, layer_names, source):
                 f"{source} has no {missing} for layer {layer_name!r}. "
                 f"Received: keys {sorted(state_dict)[:20]}"
             )
-        layers[layer_name] = tuple(_to_numpy(state_dict[key]) for key in keys)
+        layers[layer_name] = tuple(_to_numpy(state_dict[key], converted) for key in keys)
+    if converted:
+        warnings.warn(
+            f"{source} holds {' and '.join(sorted(converted))} tensors; they were converted "
+            "to float32, the model's weights' dtype.", stacklevel=3)
     return layers
 
 
-def _to_numpy(value):
+def _to_numpy(value, converted):
+    """A tensor or array as NumPy; a torch float tensor as float32, its dtype's name
+    added to `converted` if it was another (NumPy has no bfloat16)."""
     if hasattr(value, "detach"):  # a torch tensor; torch is not imported here
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        dtype = str(value.dtype).removeprefix("torch.")
+        if value.is_floating_point() and dtype != "float32":
+            converted.add(dtype)
+            value = value.float()
+        value = value.numpy()
     return np.asarray(value)

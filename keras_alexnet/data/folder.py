@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet.data.source import NoUsableImagesError, Source, Split, read_each_epoch
+from keras_alexnet.data.source import (NOTHING_DECODES, NoUsableImagesError, Source, Split,
+                                       read_each_epoch)
 
 TRAIN_SPLIT = "train"
 # Extensions of the formats TensorFlow decodes; a folder with none of them
@@ -167,8 +168,7 @@ def _read_files(files, labels, shuffle, seed, epoch, skipped_log):
     count = len(files)
     paths = tf.constant(files, tf.string)
     label_values = tf.constant(labels, tf.int64)
-    empty_message = (f"No file of this split ({count} files, e.g. {files[0]}) could be "
-                     "decoded as an image.")
+    empty_message = f"No file of this split ({count} files, e.g. {files[0]}) " + NOTHING_DECODES
 
     def read_epoch(order_seed):
         order = (tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),

@@ -48,9 +48,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from keras_alexnet._validation import check_positive_int
+from keras_alexnet._validation import check_can_create, check_positive_int
 from keras_alexnet.data.folder import decode_rgb
-from keras_alexnet.data.source import Source, Split, read_each_epoch
+from keras_alexnet.data.source import NoUsableImagesError, Source, Split, read_each_epoch
 
 FORMAT = "keras-alexnet-prepared"
 SCHEMA = 1
@@ -102,7 +102,8 @@ def prepare(source, directory, size=256, format="jpeg", quality=95, images_per_s
     `TrainPreset(resize_size=size).square` computes it, then encoded. The
     work runs on every core (parallel `tf.data` pipelines, several shards at
     once). Files that cannot be decoded are skipped, counted and named (in
-    the log and in the metadata).
+    the log and in the metadata); a split where not one decodes is refused
+    (`NoUsableImagesError`) before anything is written.
 
     It resumes: a killed or failed `prepare` (a full disk, say: the error
     says so and what is kept) continues, given the same source and
@@ -139,6 +140,8 @@ def prepare(source, directory, size=256, format="jpeg", quality=95, images_per_s
     directory = Path(os.path.expanduser(os.fspath(directory)))
     finished = _check_directory(directory, plan)
     if finished is None:
+        for split in source.splits:  # a preparation of nothing would "succeed"
+            source.check_usable(split)
         directory.mkdir(parents=True, exist_ok=True)
         with _exclusive_lock(directory):
             # Checked again under the lock: another prepare may have planned or
@@ -251,6 +254,8 @@ def _shards(plan):
 def _check_directory(directory, plan):
     """Refuses a folder that is not this preparation's; returns its metadata if finished."""
     if not directory.exists():
+        # Created now, before any image is read.
+        check_can_create(directory, f"the prepared folder {str(directory)!r}")
         return None
     if not directory.is_dir():
         raise PreparedFolderError(f"{directory} exists and is not a folder.")
@@ -482,6 +487,11 @@ def prepared(directory, verify=False):
         raise PreparedFolderError(
             f"{directory / METADATA} is not a keras-alexnet preparation of schema {SCHEMA}.")
     _check_shards(directory, metadata, verify)
+    empty = [name for name, split in metadata["splits"].items() if not split["examples"]]
+    if empty:  # written before `prepare` refused them; its epochs would hold nothing
+        raise NoUsableImagesError(
+            f"The {empty[0]!r} split of {directory} holds no image: not one of its files "
+            f"could be decoded when it was prepared from {metadata['source']}.")
     size, image_format = metadata["size"], metadata["image_format"]
     splits = {name: _prepared_split([str(directory / shard) for shard in split["shards"]],
                                     split["examples"], size, decode=image_format != "jpeg")

@@ -11,6 +11,10 @@ class NoUsableImagesError(ValueError):
     """A source holds no image that can be decoded."""
 
 
+# The end of the messages that say so, in Python and in a folder's pipeline.
+NOTHING_DECODES = "could be decoded as an image."
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
     """One split of a source: its size and how to read it.
@@ -109,6 +113,29 @@ class Source:
                 Such files are left out: an epoch may be a few images short.
         """
         return self._split(split).read(shuffle, seed, epoch, skipped_log)
+
+    def check_usable(self, split="train"):
+        """Raises `NoUsableImagesError` unless `split` holds an image that decodes.
+
+        Files are decoded in listing order up to the first that does: one
+        file for a usable split, every file of one where none does. Without
+        this, such a split fails in the middle of a pipeline (a folder's) or
+        gives epochs of no example forever (an empty prepared folder's).
+        """
+        count = self._split(split).count
+        if count == 0:
+            raise NoUsableImagesError(f"The {split!r} split of {self.name} holds no image.")
+        try:
+            # Names met on the way are named again by the pipelines that read them.
+            found = any(True for _ in self.examples(split, skipped_log=os.devnull).take(1))
+        except tf.errors.InvalidArgumentError as error:
+            if NOTHING_DECODES not in error.message:  # not a folder's own check
+                raise
+            found = False
+        if not found:
+            raise NoUsableImagesError(
+                f"No file of the {split!r} split of {self.name} ({count} files) "
+                + NOTHING_DECODES)
 
     def units(self, split, seed, epoch):
         """One epoch of `(image, label, key)` in independent units (see `Split.read_units`).
