@@ -869,7 +869,8 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
                 "logs); lower --lr and start again with --overwrite.")
         ) from None
     except Exception as error:
-        if num_processes == 1:
+        # Any other error is this process's own, and is raised as itself.
+        if num_processes == 1 or not distribute_lib.is_collective_failure(error):
             raise
         kept = run.read_checkpoint()
         reason = str(error).splitlines()[0].rstrip(".")
