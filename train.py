@@ -73,6 +73,9 @@ SESSION_ARGUMENTS = ("backend", "output", "resume", "overwrite", "export", "dist
                      "cpu_devices", "quiet", "data_dir", "manual_dir", "data_service",
                      "service_timeout", "model_parallel", "num_processes", "process_id",
                      "job_addresses", "heartbeat_timeout")
+# Held out per class for validation without --validation-fraction, when the
+# data has no validation split.
+VALIDATION_FRACTION = 0.1
 # The size --prepare writes without --resize-size: the paper's.
 PREPARE_SIZE = 256
 # A run over several processes stopped because one of them was lost.
@@ -186,30 +189,40 @@ def configure_environment(args):
             f"{flags} --xla_force_host_platform_device_count={args.cpu_devices}").strip()
 
 
-def given_arguments(args):
-    """The options given on the command line (argparse leaves the others None)."""
-    return {key: value for key, value in vars(args).items()
-            if value is not None and value is not False}
+def recipe_options(args, training):
+    """The Recipe fields the command line sets (argparse leaves the others None)."""
+    options = {RECIPE_OPTIONS.get(key, key): value for key, value in vars(args).items()}
+    return {field.name: options[field.name] for field in dataclasses.fields(training.Recipe)
+            if options.get(field.name) is not None}
 
 
-def resume_arguments(args, settings):
+def resolved_data_arguments(arguments):
+    """`DATA_ARGUMENTS` of `arguments` (a run.json's), with the values unset ones stand for."""
+    arguments = {key: arguments.get(key) for key in DATA_ARGUMENTS}
+    if arguments["validation_fraction"] is None:
+        arguments["validation_fraction"] = VALIDATION_FRACTION
+    return arguments
+
+
+def resume_arguments(args, settings, training):
     """`args` completed from a run's run.json; raises ValueError where they disagree.
 
     Session options (where and how this process runs) may change; the data
     and the recipe may not, except `training.RESUMABLE_CHANGES` (more epochs,
-    a new learning rate).
+    a new learning rate). The values compared are those the run trains
+    with: `--variant original` agrees with a run started without `--variant`.
     """
-    from keras_alexnet.training import RESUMABLE_CHANGES
-
-    recorded = {**settings.get("arguments", {}), **settings["recipe"]}
-    given = given_arguments(args)
-    differences = []
-    for key, value in given.items():
-        field = RECIPE_OPTIONS.get(key, key)
-        if key in SESSION_ARGUMENTS or field not in recorded or field in RESUMABLE_CHANGES:
-            continue
-        if recorded[field] != value:
-            differences.append(f"--{key.replace('_', '-')}: {recorded[field]!r} -> {value!r}")
+    flags = {field: key for key, field in RECIPE_OPTIONS.items()}
+    # What the run trains with: run.json's recipe with its defaults resolved.
+    recorded = dataclasses.asdict(training.Recipe(**settings["recipe"]))
+    differences = [(flags.get(field, field), recorded[field], value)
+                   for field, value in recipe_options(args, training).items()
+                   if value != recorded[field] and field not in training.RESUMABLE_CHANGES]
+    data = resolved_data_arguments(settings.get("arguments", {}))
+    differences += [(key, data[key], getattr(args, key)) for key in DATA_ARGUMENTS
+                    if key not in SESSION_ARGUMENTS and getattr(args, key) not in (None, data[key])]
+    differences = [f"--{key.replace('_', '-')}: {old!r} -> {new!r}"
+                   for key, old, new in differences]
     if differences:
         raise ValueError(
             "--resume continues a run with the settings it started with; these differ from "
@@ -228,10 +241,7 @@ def make_recipe(args, training, source, recorded=None):
     A prepared folder's squares set the default --resize-size (any other is
     refused by `training.make_datasets`: it would resize them again).
     """
-    options = {RECIPE_OPTIONS.get(key, key): value for key, value in vars(args).items()}
-    fields = [field.name for field in dataclasses.fields(training.Recipe)]
-    chosen = {name: options[name] for name in fields
-              if options.get(name) is not None}
+    chosen = recipe_options(args, training)
     if recorded is not None:
         return training.Recipe(**{**recorded, **chosen})
     if source.prepared_size is not None:
@@ -267,7 +277,7 @@ def prepare(args, data):
     """--prepare DIR: writes the source once, prints what it did; the exit code."""
     try:
         source = data.from_arguments(args.data, args.dataset, args.data_dir, args.manual_dir,
-                                     0.1 if args.validation_fraction is None
+                                     VALIDATION_FRACTION if args.validation_fraction is None
                                      else args.validation_fraction)
         data.prepare(source, args.prepare, size=args.resize_size or PREPARE_SIZE)
     except (ValueError, FileNotFoundError, data.OfflineError) as error:
@@ -366,14 +376,15 @@ def main(argv=None):
         writes = processes is None or processes.process_id == 0
         with distribute.start_together():
             settings = RunFolder(output).check(args.resume, args.overwrite, writes=writes)
-            recorded = resume_arguments(args, settings) if args.resume else None
+            recorded = resume_arguments(args, settings, training) if args.resume else None
             if args.data and not os.path.isdir(os.path.expanduser(args.data)):
                 raise ValueError(f"--data: no such folder: {args.data}")
             if args.cpu_devices and keras.backend.backend() == "tensorflow":
                 distribute.split_cpu_for_tensorflow(args.cpu_devices)
             source = data.from_arguments(args.data, args.dataset, args.data_dir,
                                          args.manual_dir,
-                                         0.1 if args.validation_fraction is None
+                                         VALIDATION_FRACTION
+                                         if args.validation_fraction is None
                                          else args.validation_fraction)
             recipe = make_recipe(args, training, source, recorded)
         summary = training.train(

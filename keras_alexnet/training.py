@@ -65,6 +65,12 @@ def default_image_size(variant):
     return DEFAULT_INPUT_SHAPES[variant or "original"][0]
 
 
+def trained_variant(variant, pretrained=None):
+    """The variant a recipe of `variant` trains: the weights file's when it names one
+    (`pretrained`, read from `Recipe.fine_tune`), else `variant`, else "original"."""
+    return (pretrained.variant if pretrained else None) or variant or "original"
+
+
 @dataclasses.dataclass
 class Recipe:
     """Training settings; the defaults are the paper's (§5).
@@ -82,8 +88,8 @@ class Recipe:
     `SGD(weight_decay=...)` is decoupled (applied outside momentum), which is
     a different rule. Biases are not decayed (as in Caffe's bvlc_alexnet).
 
-    `variant`: `None` is `"original"`, or with `fine_tune` the weights
-    file's (see `keras_alexnet.AlexNet`).
+    `variant`: `None` is `"original"` (and becomes it), or with `fine_tune`
+    the weights file's (see `keras_alexnet.AlexNet`; `train` records it).
 
     Transfer learning (ZFNet §5.2, https://arxiv.org/abs/1311.2901: an
     ImageNet network with a new softmax layer trained on Caltech-101/256):
@@ -121,6 +127,9 @@ class Recipe:
 
     def __post_init__(self):
         validate_architecture(self.variant, self.initialization, self.dropout)
+        if self.variant is None and self.fine_tune is None:
+            # Resolved, as `image_size` is: a run records and compares what it trains.
+            self.variant = "original"
         if self.image_size is None:
             self.image_size = default_image_size(self.variant)
         for name in ("image_size", "resize_size", "epochs", "batch_size", "lr_patience"):
@@ -234,8 +243,8 @@ def fine_tuned_model(recipe, num_classes, pretrained=None):
         initialization=recipe.initialization,
         include_preprocessing=takes_pixel_values(pretrained),
     )
-    variant = pretrained.variant or recipe.variant or "original"
-    kernel_init, bias_init = initializers(recipe.initialization, "fc8", variant)
+    kernel_init, bias_init = initializers(recipe.initialization, "fc8",
+                                          trained_variant(recipe.variant, pretrained))
     classifier = keras.layers.Dense(num_classes, activation="softmax",
                                     kernel_initializer=kernel_init,
                                     bias_initializer=bias_init, name="fc8")
@@ -664,19 +673,24 @@ def _validation_fits_in_memory(source, preset):
     return count is not None and count * preset.crop_size**2 * 3 * 4 <= CACHE_BYTES
 
 
-def _recipe_changes(previous, recipe):
-    """`{field: (old, new)}` of recipe fields that differ from a run's `run.json`."""
+def _recipe_changes(previous, recipe, pretrained=None):
+    """`{field: (old, new)}` of recipe fields that differ from a run's `run.json`.
+
+    The values compared are those trained: a run.json that left the variant
+    to its default or to the weights file (`pretrained`) trains that one.
+    """
+    previous = {**previous, "variant": trained_variant(previous.get("variant"), pretrained)}
     current = dataclasses.asdict(recipe)
     return {key: (previous.get(key), value) for key, value in current.items()
             if previous.get(key) != value}
 
 
-def check_resume(run, settings, recipe, source):
+def check_resume(run, settings, recipe, source, pretrained=None):
     """Raises ValueError if `recipe` or `source` would change a run being resumed.
 
     Only `RESUMABLE_CHANGES` (more epochs, the learning rate) may differ from
     `run.json`, and a run that has done all its epochs continues only with
-    more.
+    more. `pretrained`: the weights file of `recipe.fine_tune`, read.
     Returns a message about what changes, or `None`.
     """
     done = (run.read_checkpoint() or {}).get("epoch", 0)
@@ -685,7 +699,7 @@ def check_resume(run, settings, recipe, source):
             f"The run in {run.path} has finished {done} epochs; pass more than {done} "
             "--epochs to train it further."
         )
-    changes = _recipe_changes(settings["recipe"], recipe)
+    changes = _recipe_changes(settings["recipe"], recipe, pretrained)
     for key, old, new in (("source", settings["source"], source.name),
                           ("class_names", settings["class_names"], source.class_names)):
         if old != new:
@@ -767,10 +781,13 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         if export is not None and writes:
             check_export_target(export, overwrite)
         settings = run.check(resume, overwrite, writes=writes)
-        resume_note = check_resume(run, settings, recipe, source) if resume else None
+        pretrained = check_fine_tune(recipe, source.num_classes)
+        # A fine-tuned run trains the file's variant: run.json records that one.
+        recipe = dataclasses.replace(recipe, variant=trained_variant(recipe.variant, pretrained))
+        resume_note = (check_resume(run, settings, recipe, source, pretrained) if resume
+                       else None)
         checkpoint = run.read_checkpoint() if resume else None
         best = _previous_best(run) if resume else -math.inf
-        pretrained = check_fine_tune(recipe, source.num_classes)
         agreed.update(recipe=dataclasses.asdict(recipe), source=source.name,
                       class_names=source.class_names, counts=source.counts,
                       distribute=distribute, model_parallel=model_parallel,
@@ -839,7 +856,6 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         *([skipped_report] if writes else []),
         RunCheckpoint(run, schedule, writer, resumed_from=checkpoint),
     ]
-    variant = (pretrained.variant if pretrained else None) or recipe.variant or "original"
     if pretrained is not None:
         trained = sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
         log(f"Fine-tuning {recipe.fine_tune}: a new fc8 for {source.num_classes} classes"
@@ -849,7 +865,7 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
     if num_processes > 1:
         where = (f"process {distribute_lib.process_index()} of {num_processes}; "
                  + (where if writes else "process 0 writes the run folder"))
-    log(f"Training AlexNet ({variant}) on {source.name}: {source.num_classes} classes, "
+    log(f"Training AlexNet ({recipe.variant}) on {source.name}: {source.num_classes} classes, "
         f"{source.counts}, backend {keras.backend.backend()}, {replicas} replica(s); {where}."
         + (f" Training batches from the tf.data service at {data_service}."
            if data_service else ""))

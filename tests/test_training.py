@@ -1,6 +1,7 @@
 """train.py end to end in subprocesses, resume after SIGKILL, distribution, errors."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -315,7 +316,9 @@ def test_resume_takes_its_settings_from_run_json(colour_folder, tmp_path):
     assert len(changed.stderr) < 2000  # no Keras internals
     finished = run_train("--output", str(output), "--resume")
     assert finished.returncode == 2 and "pass more than 1 --epochs" in finished.stderr
-    more = run_train("--output", str(output), "--resume", "--epochs", "2", "--quiet")
+    # The default spelled out is what the run trains with: no change.
+    more = run_train("--output", str(output), "--resume", "--epochs", "2", "--quiet",
+                     "--variant", "original")
     assert more.returncode == 0, more.stderr[-2000:]
     assert "Continuing to 2 epochs (the run started with 1)" in more.stdout
     assert [int(row["epoch"]) for row in log_rows(output)] == [0, 1]
@@ -643,3 +646,24 @@ def test_presets_leave_pixels_for_a_model_that_normalises_itself(colour_folder):
             # PCA lighting may push the [0, 255] training pixels a little below 0.
             scale = np.abs(np.asarray(images)).max()
             assert scale < 4 if normalize else scale > 100
+
+
+@pytest.mark.parametrize("recorded_variant", [None, "original"], ids=["older", "resolved"])
+def test_resume_compares_the_values_a_run_trains_with(recorded_variant):
+    """Defaults spelled out agree with a run.json that left them unset (as older
+    ones left the variant): what is compared is what the run trains with."""
+    recipe = {**dataclasses.asdict(training.Recipe(image_size=67, resize_size=72)),
+              "variant": recorded_variant}
+    settings = {"recipe": recipe, "arguments": {"data": "/images", "validation_fraction": None}}
+    _, args = train_script.parse_arguments(
+        ["--output", "run", "--resume", "--variant", "original", "--validation-fraction", "0.1"])
+    recorded = train_script.resume_arguments(args, settings, training)
+    assert args.data == "/images"
+    resumed = train_script.make_recipe(args, training, None, recorded)
+    assert resumed.variant == "original"
+    assert training._recipe_changes(recipe, resumed) == {}
+    _, args = train_script.parse_arguments(
+        ["--output", "run", "--resume", "--variant", "zfnet", "--validation-fraction", "0.2"])
+    with pytest.raises(ValueError, match=r"--variant: 'original' -> 'zfnet'; "
+                                         r"--validation-fraction: 0.1 -> 0.2\."):
+        train_script.resume_arguments(args, settings, training)
