@@ -21,8 +21,9 @@ settings (67x67 crops, batch 64, 15 epochs, He initialisation, seed 0) that
 finish in a few minutes on a 2-core CPU. With --data or --dataset every
 default is the paper's recipe (see `keras_alexnet.training.Recipe`). Each run
 gets its own folder, runs/<data>-<date>-<time> unless --output names one.
---resume reads the run's settings from its run.json: `--output DIR --resume`
-alone continues it; arguments given again must agree, except more --epochs.
+--resume reads the run's settings from its run.json (the distribution and the
+export included): `--output DIR --resume` alone continues it; arguments given
+again must agree, except more --epochs, --lr and the devices and processes.
 --prepare DIR writes the --data or --dataset source (or the embedded one) once
 as squares of --resize-size (256) in DIR, and exits; --data DIR then trains
 from it, at that --resize-size (another is refused). --prepare runs in one
@@ -68,11 +69,14 @@ DEMO_SETTINGS = dict(image_size=67, epochs=15, batch_size=64, initialization="he
 PAPER_RESIZE_RATIO = 256 / 227
 # Arguments that name the data; run.json keeps them so --resume can rebuild the source.
 DATA_ARGUMENTS = ("data", "dataset", "data_dir", "manual_dir", "validation_fraction")
+# The run's distribution and export: run.json keeps them, and --resume continues
+# with them (the distribution's before the processes join).
+DISTRIBUTION_ARGUMENTS = ("distribute", "model_parallel")
+EXPORT_ARGUMENTS = ("export",)
 # Arguments that only say how or where this session runs: a resumed run may change them.
-SESSION_ARGUMENTS = ("backend", "output", "resume", "overwrite", "export", "distribute",
-                     "cpu_devices", "quiet", "data_dir", "manual_dir", "data_service",
-                     "service_timeout", "model_parallel", "num_processes", "process_id",
-                     "job_addresses", "heartbeat_timeout")
+SESSION_ARGUMENTS = ("backend", "output", "resume", "overwrite", "cpu_devices", "quiet",
+                     "data_dir", "manual_dir", "data_service", "service_timeout",
+                     "num_processes", "process_id", "job_addresses", "heartbeat_timeout")
 # Held out per class for validation without --validation-fraction, when the
 # data has no validation split.
 VALIDATION_FRACTION = 0.1
@@ -221,18 +225,41 @@ def resume_arguments(args, settings, training):
     data = resolved_data_arguments(settings.get("arguments", {}))
     differences += [(key, data[key], getattr(args, key)) for key in DATA_ARGUMENTS
                     if key not in SESSION_ARGUMENTS and getattr(args, key) not in (None, data[key])]
-    differences = [f"--{key.replace('_', '-')}: {old!r} -> {new!r}"
-                   for key, old, new in differences]
-    if differences:
-        raise ValueError(
-            "--resume continues a run with the settings it started with; these differ from "
-            f"its run.json: {'; '.join(differences)}. Leave them out (they are read from "
-            "run.json) or start a new run."
-        )
+    _refuse_differences(differences)
     for key in DATA_ARGUMENTS:
         if getattr(args, key) is None:
             setattr(args, key, settings.get("arguments", {}).get(key))
     return settings["recipe"]
+
+
+def take_run_arguments(args, settings, keys):
+    """Sets `keys` of `args` that were not given to the run's own (run.json's).
+
+    Raises ValueError for a given one that differs. A run.json written
+    before it recorded a key leaves that key as given.
+    """
+    differences = []
+    for key in keys:
+        if key not in settings:
+            continue
+        given = getattr(args, key)
+        if given is None:
+            setattr(args, key, settings[key])
+        elif given != settings[key]:
+            differences.append((key, settings[key], given))
+    _refuse_differences(differences)
+
+
+def _refuse_differences(differences):
+    """Raises ValueError for `(argument, run.json's value, given value)` differences."""
+    if differences:
+        listed = "; ".join(f"--{key.replace('_', '-')}: {old!r} -> {new!r}"
+                           for key, old, new in differences)
+        raise ValueError(
+            "--resume continues a run with the settings it started with; these differ from "
+            f"its run.json: {listed}. Leave them out (they are read from run.json) or start "
+            "a new run."
+        )
 
 
 def make_recipe(args, training, source, recorded=None):
@@ -354,6 +381,8 @@ def main(argv=None):
         args.prepare = os.path.abspath(os.path.expanduser(args.prepare))
     if args.fine_tune:
         args.fine_tune = os.path.abspath(os.path.expanduser(args.fine_tune))
+    if args.export:
+        args.export = os.path.abspath(os.path.expanduser(args.export))
     configure_environment(args)
 
     import keras
@@ -371,12 +400,21 @@ def main(argv=None):
     print(f"Keras backend: {keras.backend.backend()}")
     output = args.output or default_output(args)
     try:
+        if args.resume:
+            # The processes join with the run's own distribution; a run.json this
+            # process cannot read is refused below, with the other checks.
+            take_run_arguments(args, RunFolder(output).read_settings() or {},
+                               DISTRIBUTION_ARGUMENTS)
         # Before any JAX computation.
         processes = join_processes(args, distribute)
         writes = processes is None or processes.process_id == 0
         with distribute.start_together():
             settings = RunFolder(output).check(args.resume, args.overwrite, writes=writes)
-            recorded = resume_arguments(args, settings, training) if args.resume else None
+            recorded = None
+            if args.resume:
+                recorded = resume_arguments(args, settings, training)
+                if writes:  # the others do not export
+                    take_run_arguments(args, settings, EXPORT_ARGUMENTS)
             if args.data and not os.path.isdir(os.path.expanduser(args.data)):
                 raise ValueError(f"--data: no such folder: {args.data}")
             if args.cpu_devices and keras.backend.backend() == "tensorflow":

@@ -755,7 +755,9 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         distribute: `"none"`, `"mirrored"` (TensorFlow), `"data-parallel"` or
             `"model-parallel"` (JAX, over every device of every process; see
             `keras_alexnet.distribute`).
-        export: a folder to export the final model to as a SavedModel.
+        export: a folder to export the final model to as a SavedModel
+            (recorded in `run.json`; a resumed run replaces its own previous
+            export there).
         log: where progress lines go.
         verbose: Keras' `fit` verbosity (progress bar).
         arguments: extra settings to record in `run.json` (train.py's data
@@ -777,10 +779,14 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
     run = RunFolder(output)
     num_processes = distribute_lib.process_count()
     writes = distribute_lib.process_index() == 0
+    if export is not None:
+        export = os.path.abspath(os.path.expanduser(os.fspath(export)))
     with distribute_lib.start_together() as agreed:
-        if export is not None and writes:
-            check_export_target(export, overwrite)
         settings = run.check(resume, overwrite, writes=writes)
+        # A resumed run replaces its own previous export (of fewer epochs).
+        replace_export = overwrite or (resume and export == settings.get("export"))
+        if export is not None and writes:
+            check_export_target(export, replace_export)
         pretrained = check_fine_tune(recipe, source.num_classes)
         # A fine-tuned run trains the file's variant: run.json records that one.
         recipe = dataclasses.replace(recipe, variant=trained_variant(recipe.variant, pretrained))
@@ -826,13 +832,19 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
             "class_names": source.class_names, "arguments": arguments or {},
             "backend": keras.backend.backend(), "distribute": distribute, "replicas": replicas,
             "model_parallel": model_parallel if distribute == "model-parallel" else None,
-            "processes": num_processes,
+            "processes": num_processes, "export": export,
         })
     if resume:
         run.restore_checkpoint(model, roll_back=writes)
         if recipe.learning_rate != settings["recipe"]["learning_rate"]:
             # The checkpoint's optimizer holds the old rate (drops included).
             model.optimizer.learning_rate.assign(recipe.learning_rate)
+        started = (settings.get("replicas"), settings.get("processes"))
+        if started != (replicas, num_processes):
+            # Devices and processes belong to one start: the global batches stay the same.
+            resume_note = " ".join(filter(None, [resume_note, (
+                f"Training on {replicas} replica(s) over {num_processes} process(es) (the "
+                f"previous start had {started[0]} over {started[1]}).")]))
         log(f"Resuming {run.path} after epoch {initial_epoch} of {recipe.epochs}."
             + (f" {resume_note}" if resume_note else ""))
 
@@ -929,7 +941,8 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
             if export is not None:
                 summary["export"] = export_saved_model(final_model, export,
                                                        class_names=source.class_names,
-                                                       preset=eval_preset, overwrite=overwrite)
+                                                       preset=eval_preset,
+                                                       overwrite=replace_export)
             write_json_atomically(run / SUMMARY, summary)
     # The others return once process 0 has written everything.
     distribute_lib.wait_for_every_process("keras_alexnet.training.train: run written")

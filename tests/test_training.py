@@ -303,11 +303,19 @@ def test_seeded_data_does_not_depend_on_an_earlier_run_in_the_process(colour_fol
         np.testing.assert_array_equal(a, b)
 
 
+# A distribution over two CPU devices on each backend that has one.
+TWO_DEVICES = {"tensorflow": ["--distribute", "mirrored", "--cpu-devices", "2"],
+               "jax": ["--distribute", "data-parallel", "--cpu-devices", "2"]}
+
+
 def test_resume_takes_its_settings_from_run_json(colour_folder, tmp_path):
-    output = tmp_path / "run"
+    output, export = tmp_path / "run", tmp_path / "export"
+    distribution = TWO_DEVICES.get(BACKEND, [])
     started = run_train("--data", str(colour_folder), "--output", str(output), *FAST,
-                        "--epochs", "1", "--steps-per-epoch", "2")
+                        "--epochs", "1", "--steps-per-epoch", "2", "--export", str(export),
+                        *distribution)
     assert started.returncode == 0, started.stderr[-2000:]
+    exported = (export / "saved_model.pb").stat().st_mtime_ns
     changed = run_train("--output", str(output), "--resume", "--image-size", "99",
                         "--dropout", "0.2", "--lr", "0.1", "--epochs", "2")
     assert changed.returncode == 2
@@ -322,7 +330,32 @@ def test_resume_takes_its_settings_from_run_json(colour_folder, tmp_path):
     assert more.returncode == 0, more.stderr[-2000:]
     assert "Continuing to 2 epochs (the run started with 1)" in more.stdout
     assert [int(row["epoch"]) for row in log_rows(output)] == [0, 1]
-    assert json.loads((output / "summary.json").read_text())["epochs"] == 2
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["epochs"] == 2
+    # The run's own distribution and export; its devices were of one start.
+    settings = json.loads((output / "run.json").read_text())
+    assert settings["distribute"] == (distribution[1] if distribution else "none")
+    assert settings["export"] == summary["export"] == str(export)
+    assert (export / "saved_model.pb").stat().st_mtime_ns > exported
+    if distribution:
+        assert ("Training on 1 replica(s) over 1 process(es) (the previous start had 2 over "
+                "1).") in more.stdout
+        assert summary["replicas"] == 1
+
+
+def test_resume_refuses_another_distribution_or_export():
+    settings = {"distribute": "data-parallel", "model_parallel": None, "export": "/exports/1"}
+    _, args = train_script.parse_arguments(["--output", "run", "--resume"])
+    train_script.take_run_arguments(args, settings, ["distribute", "model_parallel", "export"])
+    assert (args.distribute, args.model_parallel, args.export) == (
+        "data-parallel", None, "/exports/1")
+    _, args = train_script.parse_arguments(["--output", "run", "--resume", "--distribute",
+                                            "none", "--export", "/exports/1"])
+    with pytest.raises(ValueError, match=r"--distribute: 'data-parallel' -> 'none'\. "):
+        train_script.take_run_arguments(args, settings, ["distribute", "export"])
+    # A run.json from before export was recorded leaves it as given.
+    train_script.take_run_arguments(args, {}, ["export"])
+    assert args.export == "/exports/1"
 
 
 def test_each_run_gets_its_own_default_folder(colour_folder, tmp_path):
