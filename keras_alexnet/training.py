@@ -690,7 +690,9 @@ def check_resume(run, settings, recipe, source, pretrained=None):
 
     Only `RESUMABLE_CHANGES` (more epochs, the learning rate) may differ from
     `run.json`, and a run that has done all its epochs continues only with
-    more. `pretrained`: the weights file of `recipe.fine_tune`, read.
+    more. The source must hold the run's data: the same name, class names,
+    examples per split and (a prepared folder) `Source.identity`.
+    `pretrained`: the weights file of `recipe.fine_tune`, read.
     Returns a message about what changes, or `None`.
     """
     done = (run.read_checkpoint() or {}).get("epoch", 0)
@@ -700,8 +702,17 @@ def check_resume(run, settings, recipe, source, pretrained=None):
             "--epochs to train it further."
         )
     changes = _recipe_changes(settings["recipe"], recipe, pretrained)
-    for key, old, new in (("source", settings["source"], source.name),
-                          ("class_names", settings["class_names"], source.class_names)):
+    # The data: the order of a split's examples depends on how many there are, and
+    # a prepared folder prepared again may hold others. A run.json from before
+    # counts and identities were recorded has neither.
+    recorded_counts = settings.get("counts", source.counts)
+    data = [("source", settings["source"], source.name),
+            ("class_names", settings["class_names"], source.class_names),
+            ("prepared folder", settings.get("source_identity", source.identity),
+             source.identity)]
+    data += [(f"{split} examples", recorded_counts.get(split), source.counts.get(split))
+             for split in sorted(set(recorded_counts) | set(source.counts))]
+    for key, old, new in data:
         if old != new:
             changes[key] = (old, new)
     refused = {key: change for key, change in changes.items() if key not in RESUMABLE_CHANGES}
@@ -829,7 +840,8 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         run.create(resume, overwrite)
         run.write_settings({
             "recipe": dataclasses.asdict(recipe), "source": source.name,
-            "class_names": source.class_names, "arguments": arguments or {},
+            "class_names": source.class_names, "counts": source.counts,
+            "source_identity": source.identity, "arguments": arguments or {},
             "backend": keras.backend.backend(), "distribute": distribute, "replicas": replicas,
             "model_parallel": model_parallel if distribute == "model-parallel" else None,
             "processes": num_processes, "export": export,

@@ -336,6 +336,7 @@ def test_resume_takes_its_settings_from_run_json(colour_folder, tmp_path):
     settings = json.loads((output / "run.json").read_text())
     assert settings["distribute"] == (distribution[1] if distribution else "none")
     assert settings["export"] == summary["export"] == str(export)
+    assert settings["counts"] == {"train": 54, "validation": 18}
     assert (export / "saved_model.pb").stat().st_mtime_ns > exported
     if distribution:
         assert ("Training on 1 replica(s) over 1 process(es) (the previous start had 2 over "
@@ -700,3 +701,27 @@ def test_resume_compares_the_values_a_run_trains_with(recorded_variant):
     with pytest.raises(ValueError, match=r"--variant: 'original' -> 'zfnet'; "
                                          r"--validation-fraction: 0.1 -> 0.2\."):
         train_script.resume_arguments(args, settings, training)
+
+
+def test_resume_refuses_changed_data(tmp_path):
+    """The examples per split, and a prepared folder's identity, are the run's data:
+    a folder that gained an image would resume in another order."""
+    folder = write_colour_folder(tmp_path / "images", COLOURS, 4)
+    recipe = training.Recipe(image_size=67, resize_size=72, batch_size=4)
+    source = data.image_folder(folder, validation_fraction=0.25)
+    settings = {"recipe": dataclasses.asdict(recipe), "source": source.name,
+                "class_names": source.class_names, "counts": source.counts,
+                "source_identity": source.identity}
+    run = RunFolder(tmp_path / "run")
+    assert training.check_resume(run, settings, recipe, source) is None
+    Image.new("RGB", (80, 80)).save(folder / "red" / "4.jpg")
+    grown = data.image_folder(folder, validation_fraction=0.25)
+    assert grown.name == source.name and grown.class_names == source.class_names
+    with pytest.raises(ValueError, match=r"train examples: 9 -> 10\. "):
+        training.check_resume(run, settings, recipe, grown)
+    prepared_again = dataclasses.replace(source, identity="0f" * 32)
+    with pytest.raises(ValueError, match=r"prepared folder: None -> '0f0f"):
+        training.check_resume(run, settings, recipe, prepared_again)
+    # A run.json from before counts and identities were recorded.
+    older = {key: settings[key] for key in ("recipe", "source", "class_names")}
+    assert training.check_resume(run, older, recipe, grown) is None

@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import threading
@@ -469,7 +470,8 @@ def prepared(directory):
     return Source(splits=splits, class_names=metadata["class_names"], skipped=skipped,
                   name=f"{directory} ({size}x{size} {image_format}, prepared from "
                        f"{metadata['source']})",
-                  prepared_size=size, jpeg_size=size if image_format == "jpeg" else None)
+                  prepared_size=size, jpeg_size=size if image_format == "jpeg" else None,
+                  identity=hashlib.sha256((directory / METADATA).read_bytes()).hexdigest())
 
 
 def _prepared_split(paths, count, size, decode):
