@@ -84,6 +84,27 @@ VALIDATION_FRACTION = 0.1
 PREPARE_SIZE = 256
 # A run over several processes stopped because one of them was lost.
 LOST_PROCESS_EXIT_CODE = 6
+# The values each numeric option takes (checked before anything runs), as
+# (test, what the message says it must be). 0 is a value like any other.
+POSITIVE = (lambda value: value >= 1, ">= 1")
+FRACTION = (lambda value: 0 <= value < 1, "in [0, 1)")
+NUMERIC_OPTIONS = {
+    "validation_fraction": FRACTION,
+    "service_timeout": (lambda value: value > 0, "> 0"),
+    "image_size": POSITIVE, "resize_size": POSITIVE, "epochs": POSITIVE,
+    "batch_size": POSITIVE,
+    "lr": (lambda value: value > 0, "> 0"),
+    "momentum": FRACTION,
+    "weight_decay": (lambda value: value >= 0, ">= 0"),
+    "dropout": FRACTION,
+    "lr_patience": POSITIVE,
+    # What every backend's generators take (NumPy's: an unsigned 32-bit number).
+    "seed": (lambda value: 0 <= value < 2**32, "in [0, 2**32)"),
+    "steps_per_epoch": POSITIVE, "model_parallel": POSITIVE, "cpu_devices": POSITIVE,
+    "num_processes": POSITIVE,
+    "process_id": (lambda value: value >= 0, ">= 0"),
+    "heartbeat_timeout": POSITIVE,
+}
 # Recipe fields set by command-line options of another name.
 RECIPE_OPTIONS = {"lr": "learning_rate", "init": "initialization"}
 
@@ -178,6 +199,11 @@ def parse_arguments(argv=None):
     return parser, parser.parse_args(argv)
 
 
+def given_or(value, default):
+    """An option's value, or `default` where it was not given (0 is given)."""
+    return default if value is None else value
+
+
 def configure_environment(args):
     """Backend and device settings that must precede importing Keras."""
     if args.backend:
@@ -187,7 +213,7 @@ def configure_environment(args):
     # VNNI, AVX-512 BF16 or AMX instructions; on an AVX2-only CPU they trained
     # AlexNet 1.4x faster (BENCHMARKS.md). Read once, when TensorFlow loads.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    if args.cpu_devices:
+    if args.cpu_devices is not None:
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = (
             f"{flags} --xla_force_host_platform_device_count={args.cpu_devices}").strip()
@@ -203,8 +229,8 @@ def recipe_options(args, training):
 def resolved_data_arguments(arguments):
     """`DATA_ARGUMENTS` of `arguments` (a run.json's), with the values unset ones stand for."""
     arguments = {key: arguments.get(key) for key in DATA_ARGUMENTS}
-    if arguments["validation_fraction"] is None:
-        arguments["validation_fraction"] = VALIDATION_FRACTION
+    arguments["validation_fraction"] = given_or(arguments["validation_fraction"],
+                                                VALIDATION_FRACTION)
     return arguments
 
 
@@ -272,8 +298,8 @@ def make_recipe(args, training, source, recorded=None):
     if recorded is not None:
         return training.Recipe(**{**recorded, **chosen})
     if source.prepared_size is not None:
-        image_size = (chosen.get("image_size")
-                      or training.default_image_size(chosen.get("variant")))
+        image_size = given_or(chosen.get("image_size"),
+                              training.default_image_size(chosen.get("variant")))
         if image_size > source.prepared_size:
             raise ValueError(
                 f"{source.name} holds {source.prepared_size}x{source.prepared_size} squares, "
@@ -304,9 +330,8 @@ def prepare(args, data):
     """--prepare DIR: writes the source once, prints what it did; the exit code."""
     try:
         source = data.from_arguments(args.data, args.dataset, args.data_dir, args.manual_dir,
-                                     VALIDATION_FRACTION if args.validation_fraction is None
-                                     else args.validation_fraction)
-        data.prepare(source, args.prepare, size=args.resize_size or PREPARE_SIZE)
+                                     given_or(args.validation_fraction, VALIDATION_FRACTION))
+        data.prepare(source, args.prepare, size=given_or(args.resize_size, PREPARE_SIZE))
     except (ValueError, FileNotFoundError, data.OfflineError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -363,16 +388,17 @@ def join_processes(args, distribute):
         raise ValueError("A run over several processes needs --distribute data-parallel or "
                          f"model-parallel. Received: --distribute {distribution}")
     distribute.initialize_processes(
-        processes, heartbeat_timeout=args.heartbeat_timeout or distribute.HEARTBEAT_TIMEOUT)
+        processes,
+        heartbeat_timeout=given_or(args.heartbeat_timeout, distribute.HEARTBEAT_TIMEOUT))
     return processes
 
 
 def main(argv=None):
     parser, args = parse_arguments(argv)
-    if args.cpu_devices is not None and args.cpu_devices < 1:
-        parser.error(f"--cpu-devices must be >= 1. Received: {args.cpu_devices}")
-    if args.service_timeout is not None and not args.service_timeout > 0:
-        parser.error(f"--service-timeout must be > 0. Received: {args.service_timeout}")
+    for key, (valid, bound) in NUMERIC_OPTIONS.items():
+        value = getattr(args, key)
+        if value is not None and not valid(value):
+            parser.error(f"--{key.replace('_', '-')} must be {bound}. Received: {value}")
     if args.resume and not args.output:
         parser.error("--resume needs --output: the run folder to continue.")
     if args.data:
@@ -417,13 +443,12 @@ def main(argv=None):
                     take_run_arguments(args, settings, EXPORT_ARGUMENTS)
             if args.data and not os.path.isdir(os.path.expanduser(args.data)):
                 raise ValueError(f"--data: no such folder: {args.data}")
-            if args.cpu_devices and keras.backend.backend() == "tensorflow":
+            if args.cpu_devices is not None and keras.backend.backend() == "tensorflow":
                 distribute.split_cpu_for_tensorflow(args.cpu_devices)
             source = data.from_arguments(args.data, args.dataset, args.data_dir,
                                          args.manual_dir,
-                                         VALIDATION_FRACTION
-                                         if args.validation_fraction is None
-                                         else args.validation_fraction)
+                                         given_or(args.validation_fraction,
+                                                  VALIDATION_FRACTION))
             recipe = make_recipe(args, training, source, recorded)
         summary = training.train(
             recipe, source, output, resume=args.resume, overwrite=args.overwrite,
@@ -431,8 +456,9 @@ def main(argv=None):
             verbose=0 if args.quiet else "auto",
             arguments={key: getattr(args, key) for key in DATA_ARGUMENTS},
             data_service=args.data_service,
-            data_service_timeout=args.service_timeout or training.STALL_TIMEOUT_SECONDS,
-            model_parallel=args.model_parallel or distribute.PAPER_MODEL_PARALLEL,
+            data_service_timeout=given_or(args.service_timeout,
+                                          training.STALL_TIMEOUT_SECONDS),
+            model_parallel=given_or(args.model_parallel, distribute.PAPER_MODEL_PARALLEL),
         )
     except (ValueError, FileNotFoundError, FileExistsError, RunFolderError,
             data.OfflineError, ConnectionError, ImportError) as error:

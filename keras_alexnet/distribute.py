@@ -646,6 +646,9 @@ def initialize_processes(processes, timeout=JOIN_TIMEOUT, heartbeat_timeout=HEAR
     """
     import jax
 
+    # JAX aborts the process, with pages of C++ stack, on a timeout below 1.
+    check_positive_int("timeout", timeout)
+    check_positive_int("heartbeat_timeout", heartbeat_timeout)
     jax.distributed.initialize(
         coordinator_address=processes.coordinator,
         num_processes=processes.num_processes,

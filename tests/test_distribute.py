@@ -264,6 +264,16 @@ def test_resolve_processes_errors(arguments, message, monkeypatch):
         distribute.resolve_processes(*arguments)
 
 
+@jax_only
+@pytest.mark.parametrize("timeouts", [{"heartbeat_timeout": -1}, {"heartbeat_timeout": 0},
+                                      {"timeout": 0}])
+def test_initialize_processes_refuses_a_timeout_below_one(timeouts):
+    """Refused before JAX, which would abort the process with its C++ stack."""
+    processes = distribute.Processes(2, 0, ("localhost:1234",))
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        distribute.initialize_processes(processes, **timeouts)
+
+
 def _free_port():
     with socket.socket() as probe:
         probe.bind(("localhost", 0))

@@ -725,3 +725,32 @@ def test_resume_refuses_changed_data(tmp_path):
     # A run.json from before counts and identities were recorded.
     older = {key: settings[key] for key in ("recipe", "source", "class_names")}
     assert training.check_resume(run, older, recipe, grown) is None
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--num-processes", "2", "--heartbeat-timeout", "-1"],
+     "--heartbeat-timeout must be >= 1. Received: -1"),
+    (["--num-processes", "2", "--heartbeat-timeout", "0"],
+     "--heartbeat-timeout must be >= 1. Received: 0"),
+    (["--distribute", "model-parallel", "--model-parallel", "0"],
+     "--model-parallel must be >= 1. Received: 0"),
+    (["--cpu-devices", "0"], "--cpu-devices must be >= 1. Received: 0"),
+    (["--epochs", "0"], "--epochs must be >= 1. Received: 0"),
+    (["--steps-per-epoch", "0"], "--steps-per-epoch must be >= 1. Received: 0"),
+    (["--lr", "nan"], "--lr must be > 0. Received: nan"),
+    (["--dropout", "1"], "--dropout must be in [0, 1). Received: 1.0"),
+    (["--validation-fraction", "-0.1"],
+     "--validation-fraction must be in [0, 1). Received: -0.1"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32). Received: -1"),
+    (["--process-id", "-1"], "--process-id must be >= 0. Received: -1"),
+    (["--service-timeout", "0"], "--service-timeout must be > 0. Received: 0.0"),
+])
+def test_train_py_refuses_bad_numbers(arguments, message, tmp_path, capsys):
+    """Checked before anything runs (exit code 2, nothing written); 0 is a value,
+    not "unset"."""
+    output = tmp_path / "run"
+    with pytest.raises(SystemExit) as exited:
+        train_script.main(["--output", str(output), *arguments])
+    assert exited.value.code == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not output.exists()
