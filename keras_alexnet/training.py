@@ -833,6 +833,10 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
     with scope:
         # Built before anything is written: a layer too narrow to split is an error.
         model = build_model(recipe, source.num_classes, pretrained)
+        if resume:
+            # The checkpoint restores the optimizer's variables too: created here, in
+            # the distribution's scope (MirroredStrategy refuses them outside it).
+            model.optimizer.build(model.trainable_variables)
     writer = distribute_lib.ModelWriter(model)
 
     # Nothing was written before this line.
