@@ -21,8 +21,9 @@ settings (67x67 crops, batch 64, 15 epochs, He initialisation, seed 0) that
 finish in a few minutes on a 2-core CPU. With --data or --dataset every
 default is the paper's recipe (see `keras_alexnet.training.Recipe`). Each run
 gets its own folder, runs/<data>-<date>-<time> unless --output names one.
---resume reads the run's settings from its run.json: `--output DIR --resume`
-alone continues it; arguments given again must agree, except more --epochs.
+--resume reads the run's settings from its run.json (the distribution and the
+export included): `--output DIR --resume` alone continues it; arguments given
+again must agree, except more --epochs, --lr and the devices and processes.
 --prepare DIR writes the --data or --dataset source (or the embedded one) once
 as squares of --resize-size (256) in DIR, and exits; --data DIR then trains
 from it, at that --resize-size (another is refused). --prepare runs in one
@@ -68,15 +69,42 @@ DEMO_SETTINGS = dict(image_size=67, epochs=15, batch_size=64, initialization="he
 PAPER_RESIZE_RATIO = 256 / 227
 # Arguments that name the data; run.json keeps them so --resume can rebuild the source.
 DATA_ARGUMENTS = ("data", "dataset", "data_dir", "manual_dir", "validation_fraction")
+# The run's distribution and export: run.json keeps them, and --resume continues
+# with them (the distribution's before the processes join).
+DISTRIBUTION_ARGUMENTS = ("distribute", "model_parallel")
+EXPORT_ARGUMENTS = ("export",)
 # Arguments that only say how or where this session runs: a resumed run may change them.
-SESSION_ARGUMENTS = ("backend", "output", "resume", "overwrite", "export", "distribute",
-                     "cpu_devices", "quiet", "data_dir", "manual_dir", "data_service",
-                     "service_timeout", "model_parallel", "num_processes", "process_id",
-                     "job_addresses", "heartbeat_timeout")
+SESSION_ARGUMENTS = ("backend", "output", "resume", "overwrite", "cpu_devices", "quiet",
+                     "data_dir", "manual_dir", "data_service", "service_timeout",
+                     "num_processes", "process_id", "job_addresses", "heartbeat_timeout")
+# Held out per class for validation without --validation-fraction, when the
+# data has no validation split.
+VALIDATION_FRACTION = 0.1
 # The size --prepare writes without --resize-size: the paper's.
 PREPARE_SIZE = 256
 # A run over several processes stopped because one of them was lost.
 LOST_PROCESS_EXIT_CODE = 6
+# The values each numeric option takes (checked before anything runs), as
+# (test, what the message says it must be). 0 is a value like any other.
+POSITIVE = (lambda value: value >= 1, ">= 1")
+FRACTION = (lambda value: 0 <= value < 1, "in [0, 1)")
+NUMERIC_OPTIONS = {
+    "validation_fraction": FRACTION,
+    "service_timeout": (lambda value: value > 0, "> 0"),
+    "image_size": POSITIVE, "resize_size": POSITIVE, "epochs": POSITIVE,
+    "batch_size": POSITIVE,
+    "lr": (lambda value: value > 0, "> 0"),
+    "momentum": FRACTION,
+    "weight_decay": (lambda value: value >= 0, ">= 0"),
+    "dropout": FRACTION,
+    "lr_patience": POSITIVE,
+    # What every backend's generators take (NumPy's: an unsigned 32-bit number).
+    "seed": (lambda value: 0 <= value < 2**32, "in [0, 2**32)"),
+    "steps_per_epoch": POSITIVE, "model_parallel": POSITIVE, "cpu_devices": POSITIVE,
+    "num_processes": POSITIVE,
+    "process_id": (lambda value: value >= 0, ">= 0"),
+    "heartbeat_timeout": POSITIVE,
+}
 # Recipe fields set by command-line options of another name.
 RECIPE_OPTIONS = {"lr": "learning_rate", "init": "initialization"}
 
@@ -171,6 +199,11 @@ def parse_arguments(argv=None):
     return parser, parser.parse_args(argv)
 
 
+def given_or(value, default):
+    """An option's value, or `default` where it was not given (0 is given)."""
+    return default if value is None else value
+
+
 def configure_environment(args):
     """Backend and device settings that must precede importing Keras."""
     if args.backend:
@@ -180,46 +213,79 @@ def configure_environment(args):
     # VNNI, AVX-512 BF16 or AMX instructions; on an AVX2-only CPU they trained
     # AlexNet 1.4x faster (BENCHMARKS.md). Read once, when TensorFlow loads.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    if args.cpu_devices:
+    if args.cpu_devices is not None:
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = (
             f"{flags} --xla_force_host_platform_device_count={args.cpu_devices}").strip()
 
 
-def given_arguments(args):
-    """The options given on the command line (argparse leaves the others None)."""
-    return {key: value for key, value in vars(args).items()
-            if value is not None and value is not False}
+def recipe_options(args, training):
+    """The Recipe fields the command line sets (argparse leaves the others None)."""
+    options = {RECIPE_OPTIONS.get(key, key): value for key, value in vars(args).items()}
+    return {field.name: options[field.name] for field in dataclasses.fields(training.Recipe)
+            if options.get(field.name) is not None}
 
 
-def resume_arguments(args, settings):
+def resolved_data_arguments(arguments):
+    """`DATA_ARGUMENTS` of `arguments` (a run.json's), with the values unset ones stand for."""
+    arguments = {key: arguments.get(key) for key in DATA_ARGUMENTS}
+    arguments["validation_fraction"] = given_or(arguments["validation_fraction"],
+                                                VALIDATION_FRACTION)
+    return arguments
+
+
+def resume_arguments(args, settings, training):
     """`args` completed from a run's run.json; raises ValueError where they disagree.
 
     Session options (where and how this process runs) may change; the data
     and the recipe may not, except `training.RESUMABLE_CHANGES` (more epochs,
-    a new learning rate).
+    a new learning rate). The values compared are those the run trains
+    with: `--variant original` agrees with a run started without `--variant`.
     """
-    from keras_alexnet.training import RESUMABLE_CHANGES
-
-    recorded = {**settings.get("arguments", {}), **settings["recipe"]}
-    given = given_arguments(args)
-    differences = []
-    for key, value in given.items():
-        field = RECIPE_OPTIONS.get(key, key)
-        if key in SESSION_ARGUMENTS or field not in recorded or field in RESUMABLE_CHANGES:
-            continue
-        if recorded[field] != value:
-            differences.append(f"--{key.replace('_', '-')}: {recorded[field]!r} -> {value!r}")
-    if differences:
-        raise ValueError(
-            "--resume continues a run with the settings it started with; these differ from "
-            f"its run.json: {'; '.join(differences)}. Leave them out (they are read from "
-            "run.json) or start a new run."
-        )
+    flags = {field: key for key, field in RECIPE_OPTIONS.items()}
+    # What the run trains with: run.json's recipe with its defaults resolved.
+    recorded = dataclasses.asdict(training.Recipe(**settings["recipe"]))
+    differences = [(flags.get(field, field), recorded[field], value)
+                   for field, value in recipe_options(args, training).items()
+                   if value != recorded[field] and field not in training.RESUMABLE_CHANGES]
+    data = resolved_data_arguments(settings.get("arguments", {}))
+    differences += [(key, data[key], getattr(args, key)) for key in DATA_ARGUMENTS
+                    if key not in SESSION_ARGUMENTS and getattr(args, key) not in (None, data[key])]
+    _refuse_differences(differences)
     for key in DATA_ARGUMENTS:
         if getattr(args, key) is None:
             setattr(args, key, settings.get("arguments", {}).get(key))
     return settings["recipe"]
+
+
+def take_run_arguments(args, settings, keys):
+    """Sets `keys` of `args` that were not given to the run's own (run.json's).
+
+    Raises ValueError for a given one that differs. A run.json written
+    before it recorded a key leaves that key as given.
+    """
+    differences = []
+    for key in keys:
+        if key not in settings:
+            continue
+        given = getattr(args, key)
+        if given is None:
+            setattr(args, key, settings[key])
+        elif given != settings[key]:
+            differences.append((key, settings[key], given))
+    _refuse_differences(differences)
+
+
+def _refuse_differences(differences):
+    """Raises ValueError for `(argument, run.json's value, given value)` differences."""
+    if differences:
+        listed = "; ".join(f"--{key.replace('_', '-')}: {old!r} -> {new!r}"
+                           for key, old, new in differences)
+        raise ValueError(
+            "--resume continues a run with the settings it started with; these differ from "
+            f"its run.json: {listed}. Leave them out (they are read from run.json) or start "
+            "a new run."
+        )
 
 
 def make_recipe(args, training, source, recorded=None):
@@ -228,15 +294,12 @@ def make_recipe(args, training, source, recorded=None):
     A prepared folder's squares set the default --resize-size (any other is
     refused by `training.make_datasets`: it would resize them again).
     """
-    options = {RECIPE_OPTIONS.get(key, key): value for key, value in vars(args).items()}
-    fields = [field.name for field in dataclasses.fields(training.Recipe)]
-    chosen = {name: options[name] for name in fields
-              if options.get(name) is not None}
+    chosen = recipe_options(args, training)
     if recorded is not None:
         return training.Recipe(**{**recorded, **chosen})
     if source.prepared_size is not None:
-        image_size = (chosen.get("image_size")
-                      or training.default_image_size(chosen.get("variant")))
+        image_size = given_or(chosen.get("image_size"),
+                              training.default_image_size(chosen.get("variant")))
         if image_size > source.prepared_size:
             raise ValueError(
                 f"{source.name} holds {source.prepared_size}x{source.prepared_size} squares, "
@@ -267,9 +330,8 @@ def prepare(args, data):
     """--prepare DIR: writes the source once, prints what it did; the exit code."""
     try:
         source = data.from_arguments(args.data, args.dataset, args.data_dir, args.manual_dir,
-                                     0.1 if args.validation_fraction is None
-                                     else args.validation_fraction)
-        data.prepare(source, args.prepare, size=args.resize_size or PREPARE_SIZE)
+                                     given_or(args.validation_fraction, VALIDATION_FRACTION))
+        data.prepare(source, args.prepare, size=given_or(args.resize_size, PREPARE_SIZE))
     except (ValueError, FileNotFoundError, data.OfflineError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -326,16 +388,17 @@ def join_processes(args, distribute):
         raise ValueError("A run over several processes needs --distribute data-parallel or "
                          f"model-parallel. Received: --distribute {distribution}")
     distribute.initialize_processes(
-        processes, heartbeat_timeout=args.heartbeat_timeout or distribute.HEARTBEAT_TIMEOUT)
+        processes,
+        heartbeat_timeout=given_or(args.heartbeat_timeout, distribute.HEARTBEAT_TIMEOUT))
     return processes
 
 
 def main(argv=None):
     parser, args = parse_arguments(argv)
-    if args.cpu_devices is not None and args.cpu_devices < 1:
-        parser.error(f"--cpu-devices must be >= 1. Received: {args.cpu_devices}")
-    if args.service_timeout is not None and not args.service_timeout > 0:
-        parser.error(f"--service-timeout must be > 0. Received: {args.service_timeout}")
+    for key, (valid, bound) in NUMERIC_OPTIONS.items():
+        value = getattr(args, key)
+        if value is not None and not valid(value):
+            parser.error(f"--{key.replace('_', '-')} must be {bound}. Received: {value}")
     if args.resume and not args.output:
         parser.error("--resume needs --output: the run folder to continue.")
     if args.data:
@@ -344,6 +407,8 @@ def main(argv=None):
         args.prepare = os.path.abspath(os.path.expanduser(args.prepare))
     if args.fine_tune:
         args.fine_tune = os.path.abspath(os.path.expanduser(args.fine_tune))
+    if args.export:
+        args.export = os.path.abspath(os.path.expanduser(args.export))
     configure_environment(args)
 
     import keras
@@ -361,20 +426,29 @@ def main(argv=None):
     print(f"Keras backend: {keras.backend.backend()}")
     output = args.output or default_output(args)
     try:
+        if args.resume:
+            # The processes join with the run's own distribution; a run.json this
+            # process cannot read is refused below, with the other checks.
+            take_run_arguments(args, RunFolder(output).read_settings() or {},
+                               DISTRIBUTION_ARGUMENTS)
         # Before any JAX computation.
         processes = join_processes(args, distribute)
         writes = processes is None or processes.process_id == 0
         with distribute.start_together():
             settings = RunFolder(output).check(args.resume, args.overwrite, writes=writes)
-            recorded = resume_arguments(args, settings) if args.resume else None
+            recorded = None
+            if args.resume:
+                recorded = resume_arguments(args, settings, training)
+                if writes:  # the others do not export
+                    take_run_arguments(args, settings, EXPORT_ARGUMENTS)
             if args.data and not os.path.isdir(os.path.expanduser(args.data)):
                 raise ValueError(f"--data: no such folder: {args.data}")
-            if args.cpu_devices and keras.backend.backend() == "tensorflow":
+            if args.cpu_devices is not None and keras.backend.backend() == "tensorflow":
                 distribute.split_cpu_for_tensorflow(args.cpu_devices)
             source = data.from_arguments(args.data, args.dataset, args.data_dir,
                                          args.manual_dir,
-                                         0.1 if args.validation_fraction is None
-                                         else args.validation_fraction)
+                                         given_or(args.validation_fraction,
+                                                  VALIDATION_FRACTION))
             recipe = make_recipe(args, training, source, recorded)
         summary = training.train(
             recipe, source, output, resume=args.resume, overwrite=args.overwrite,
@@ -382,8 +456,9 @@ def main(argv=None):
             verbose=0 if args.quiet else "auto",
             arguments={key: getattr(args, key) for key in DATA_ARGUMENTS},
             data_service=args.data_service,
-            data_service_timeout=args.service_timeout or training.STALL_TIMEOUT_SECONDS,
-            model_parallel=args.model_parallel or distribute.PAPER_MODEL_PARALLEL,
+            data_service_timeout=given_or(args.service_timeout,
+                                          training.STALL_TIMEOUT_SECONDS),
+            model_parallel=given_or(args.model_parallel, distribute.PAPER_MODEL_PARALLEL),
         )
     except (ValueError, FileNotFoundError, FileExistsError, RunFolderError,
             data.OfflineError, ConnectionError, ImportError) as error:

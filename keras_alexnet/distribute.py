@@ -646,6 +646,9 @@ def initialize_processes(processes, timeout=JOIN_TIMEOUT, heartbeat_timeout=HEAR
     """
     import jax
 
+    # JAX aborts the process, with pages of C++ stack, on a timeout below 1.
+    check_positive_int("timeout", timeout)
+    check_positive_int("heartbeat_timeout", heartbeat_timeout)
     jax.distributed.initialize(
         coordinator_address=processes.coordinator,
         num_processes=processes.num_processes,
@@ -730,25 +733,40 @@ def start_together():
     ...     agreed["recipe"] = dataclasses.asdict(recipe)
     """
     agreed = {}
-    try:
+    with _all_or_none("Another process of this run could not start, so none does",
+                      ValueError, agreed) as answers:
         yield agreed
-    except Exception as error:
-        _exchange({"error": f"{type(error).__name__}: {error}"})
-        raise
-    answers = _exchange({"agreed": agreed})
-    failed = [f"process {index} stopped: {answer['error']}"
-              for index, answer in enumerate(answers) if "error" in answer]
-    if failed:
-        raise ValueError(f"Another process of this run could not start, so none does: "
-                         f"{'; '.join(failed)}")
-    reference = answers[0]["agreed"]
+    reference = answers[0]
     for index, answer in enumerate(answers[1:], start=1):
-        differences = _differences(reference, answer["agreed"])
+        differences = _differences(reference, answer)
         if differences:
             raise ValueError(
                 f"Process {index} was started with other settings than process 0 "
                 f"(give every process the same arguments and data): {'; '.join(differences)}"
             )
+
+
+@contextlib.contextmanager
+def _all_or_none(stopped, error_type, value=None):
+    """Runs a block on every process: all go on, or all raise (a collective at its end).
+
+    The process whose block raised raises its own error; every other raises
+    `error_type`: `stopped`, then which process stopped with what error.
+    Otherwise the block yields a list that holds every process's `value`
+    (JSON), in process order, once the block is done.
+    """
+    answers = []
+    try:
+        yield answers
+    except Exception as error:
+        _exchange({"error": f"{type(error).__name__}: {error}"})
+        raise
+    exchanged = _exchange({"value": value})
+    failed = [f"process {index} stopped: {answer['error']}"
+              for index, answer in enumerate(exchanged) if "error" in answer]
+    if failed:
+        raise error_type(f"{stopped}: {'; '.join(failed)}")
+    answers.extend(answer["value"] for answer in exchanged)
 
 
 def _differences(reference, other, prefix=""):
@@ -770,6 +788,19 @@ class LostProcessError(RuntimeError):
     failed. JAX itself ends a process that waits in a collective when
     another stops sending heartbeats (see `initialize_processes`).
     """
+
+
+def is_collective_failure(error):
+    """Whether `error` is a failed JAX computation, as when a collective loses a process.
+
+    Our own errors (a bad checkpoint, process 0's `ModelWriter` error that
+    every process raises) are not: they stop the run as themselves.
+    """
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return isinstance(error, jax.errors.JaxRuntimeError)
 
 
 def model_outputs(model, images):
@@ -824,7 +855,9 @@ class ModelWriter:
     read locally. Inside, process 0 runs with no `keras.distribution` set,
     so that Keras' saving, which creates variables of its own, and the copy
     itself stay on this process; then it writes with Keras' own saving,
-    exactly as a run of one process does.
+    exactly as a run of one process does. If that fails on process 0 (the
+    copy, or the writing inside the block), every process raises at the end
+    of the block: process 0 its error, the others a RuntimeError naming it.
 
     Args:
         model: the compiled model being trained.
@@ -857,15 +890,19 @@ class ModelWriter:
                                                          tiled=True)
             for index, value in zip(split, gathered):
                 values[index] = value
-        if process_index() != 0:
-            yield None
-            return
-        with _no_distribution():
-            if self._copy is None:
-                self._copy = _local_copy(self.model)
-            for target, value in zip(_variables_to_save(self._copy), values):
-                target.assign(np.asarray(value))
-            yield self._copy
+        # An error of process 0's (its disk full, say) stops every process
+        # with that error, not the others later as if process 0 were lost.
+        with _all_or_none(f"Process 0 of {process_count()} could not write the model, so "
+                          "every process stops", RuntimeError):
+            if process_index() != 0:
+                yield None
+                return
+            with _no_distribution():
+                if self._copy is None:
+                    self._copy = _local_copy(self.model)
+                for target, value in zip(_variables_to_save(self._copy), values):
+                    target.assign(np.asarray(value))
+                yield self._copy
 
 
 def _variables_to_save(model):
@@ -889,9 +926,34 @@ def _local_copy(model):
         copy.compile_from_config(model.get_compile_config())
     if copy.optimizer is not None:
         copy.optimizer.build(copy.trainable_variables)
-    paths = [variable.path for variable in _variables_to_save(model)]
-    copied = [variable.path for variable in _variables_to_save(copy)]
-    if paths != copied:
+    names, copied = _saved_variable_names(model), _saved_variable_names(copy)
+    if names != copied:
         raise RuntimeError(f"The copy of {model.name} to save has other variables: "
-                           f"{sorted(set(paths) ^ set(copied))}")
+                           f"{sorted(set(names) ^ set(copied))}")
     return copy
+
+
+def _saved_variable_names(model):
+    """`_variables_to_save(model)` named as a clone of `model` names them too.
+
+    A variable's own `path` will not do: a seed generator (every Dropout
+    layer has one) takes a process-wide number at its creation
+    (`seed_generator_3/seed_generator_state`), so a clone's differ from the
+    model's. Here a model variable is named by the layers that own it and
+    its own name (`alexnet/drop6/seed_generator_state`), and an optimizer
+    variable (whose scope is numbered so too, `sgd_1`) by its own name,
+    which names the model variable it belongs to (`conv1_kernel_momentum`).
+    """
+    owners = {}
+
+    def visit(layer, prefix):
+        # Outer layers first: the innermost layer holding a variable names it.
+        for variable in layer.variables:
+            owners[id(variable)] = f"{prefix}/{variable.name}"
+        for sublayer in layer._flatten_layers(include_self=False, recursive=False):
+            visit(sublayer, f"{prefix}/{sublayer.name}")
+
+    visit(model, model.name)
+    optimizer = model.optimizer.variables if model.optimizer else []
+    return ([owners[id(variable)] for variable in model.variables]
+            + [f"optimizer/{variable.name}" for variable in optimizer])

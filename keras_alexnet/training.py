@@ -65,6 +65,12 @@ def default_image_size(variant):
     return DEFAULT_INPUT_SHAPES[variant or "original"][0]
 
 
+def trained_variant(variant, pretrained=None):
+    """The variant a recipe of `variant` trains: the weights file's when it names one
+    (`pretrained`, read from `Recipe.fine_tune`), else `variant`, else "original"."""
+    return (pretrained.variant if pretrained else None) or variant or "original"
+
+
 @dataclasses.dataclass
 class Recipe:
     """Training settings; the defaults are the paper's (§5).
@@ -82,8 +88,8 @@ class Recipe:
     `SGD(weight_decay=...)` is decoupled (applied outside momentum), which is
     a different rule. Biases are not decayed (as in Caffe's bvlc_alexnet).
 
-    `variant`: `None` is `"original"`, or with `fine_tune` the weights
-    file's (see `keras_alexnet.AlexNet`).
+    `variant`: `None` is `"original"` (and becomes it), or with `fine_tune`
+    the weights file's (see `keras_alexnet.AlexNet`; `train` records it).
 
     Transfer learning (ZFNet §5.2, https://arxiv.org/abs/1311.2901: an
     ImageNet network with a new softmax layer trained on Caltech-101/256):
@@ -121,6 +127,9 @@ class Recipe:
 
     def __post_init__(self):
         validate_architecture(self.variant, self.initialization, self.dropout)
+        if self.variant is None and self.fine_tune is None:
+            # Resolved, as `image_size` is: a run records and compares what it trains.
+            self.variant = "original"
         if self.image_size is None:
             self.image_size = default_image_size(self.variant)
         for name in ("image_size", "resize_size", "epochs", "batch_size", "lr_patience"):
@@ -234,8 +243,8 @@ def fine_tuned_model(recipe, num_classes, pretrained=None):
         initialization=recipe.initialization,
         include_preprocessing=takes_pixel_values(pretrained),
     )
-    variant = pretrained.variant or recipe.variant or "original"
-    kernel_init, bias_init = initializers(recipe.initialization, "fc8", variant)
+    kernel_init, bias_init = initializers(recipe.initialization, "fc8",
+                                          trained_variant(recipe.variant, pretrained))
     classifier = keras.layers.Dense(num_classes, activation="softmax",
                                     kernel_initializer=kernel_init,
                                     bias_initializer=bias_init, name="fc8")
@@ -669,19 +678,26 @@ def _validation_fits_in_memory(source, preset):
     return count is not None and count * preset.crop_size**2 * 3 * 4 <= CACHE_BYTES
 
 
-def _recipe_changes(previous, recipe):
-    """`{field: (old, new)}` of recipe fields that differ from a run's `run.json`."""
+def _recipe_changes(previous, recipe, pretrained=None):
+    """`{field: (old, new)}` of recipe fields that differ from a run's `run.json`.
+
+    The values compared are those trained: a run.json that left the variant
+    to its default or to the weights file (`pretrained`) trains that one.
+    """
+    previous = {**previous, "variant": trained_variant(previous.get("variant"), pretrained)}
     current = dataclasses.asdict(recipe)
     return {key: (previous.get(key), value) for key, value in current.items()
             if previous.get(key) != value}
 
 
-def check_resume(run, settings, recipe, source):
+def check_resume(run, settings, recipe, source, pretrained=None):
     """Raises ValueError if `recipe` or `source` would change a run being resumed.
 
     Only `RESUMABLE_CHANGES` (more epochs, the learning rate) may differ from
     `run.json`, and a run that has done all its epochs continues only with
-    more.
+    more. The source must hold the run's data: the same name, class names,
+    examples per split and (a prepared folder) `Source.identity`.
+    `pretrained`: the weights file of `recipe.fine_tune`, read.
     Returns a message about what changes, or `None`.
     """
     done = (run.read_checkpoint() or {}).get("epoch", 0)
@@ -690,9 +706,18 @@ def check_resume(run, settings, recipe, source):
             f"The run in {run.path} has finished {done} epochs; pass more than {done} "
             "--epochs to train it further."
         )
-    changes = _recipe_changes(settings["recipe"], recipe)
-    for key, old, new in (("source", settings["source"], source.name),
-                          ("class_names", settings["class_names"], source.class_names)):
+    changes = _recipe_changes(settings["recipe"], recipe, pretrained)
+    # The data: the order of a split's examples depends on how many there are, and
+    # a prepared folder prepared again may hold others. A run.json from before
+    # counts and identities were recorded has neither.
+    recorded_counts = settings.get("counts", source.counts)
+    data = [("source", settings["source"], source.name),
+            ("class_names", settings["class_names"], source.class_names),
+            ("prepared folder", settings.get("source_identity", source.identity),
+             source.identity)]
+    data += [(f"{split} examples", recorded_counts.get(split), source.counts.get(split))
+             for split in sorted(set(recorded_counts) | set(source.counts))]
+    for key, old, new in data:
         if old != new:
             changes[key] = (old, new)
     refused = {key: change for key, change in changes.items() if key not in RESUMABLE_CHANGES}
@@ -746,7 +771,9 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         distribute: `"none"`, `"mirrored"` (TensorFlow), `"data-parallel"` or
             `"model-parallel"` (JAX, over every device of every process; see
             `keras_alexnet.distribute`).
-        export: a folder to export the final model to as a SavedModel.
+        export: a folder to export the final model to as a SavedModel
+            (recorded in `run.json`; a resumed run replaces its own previous
+            export there).
         log: where progress lines go.
         verbose: Keras' `fit` verbosity (progress bar).
         arguments: extra settings to record in `run.json` (train.py's data
@@ -768,14 +795,21 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
     run = RunFolder(output)
     num_processes = distribute_lib.process_count()
     writes = distribute_lib.process_index() == 0
+    if export is not None:
+        export = os.path.abspath(os.path.expanduser(os.fspath(export)))
     with distribute_lib.start_together() as agreed:
-        if export is not None and writes:
-            check_export_target(export, overwrite)
         settings = run.check(resume, overwrite, writes=writes)
-        resume_note = check_resume(run, settings, recipe, source) if resume else None
+        # A resumed run replaces its own previous export (of fewer epochs).
+        replace_export = overwrite or (resume and export == settings.get("export"))
+        if export is not None and writes:
+            check_export_target(export, replace_export)
+        pretrained = check_fine_tune(recipe, source.num_classes)
+        # A fine-tuned run trains the file's variant: run.json records that one.
+        recipe = dataclasses.replace(recipe, variant=trained_variant(recipe.variant, pretrained))
+        resume_note = (check_resume(run, settings, recipe, source, pretrained) if resume
+                       else None)
         checkpoint = run.read_checkpoint() if resume else None
         best = _previous_best(run) if resume else -math.inf
-        pretrained = check_fine_tune(recipe, source.num_classes)
         agreed.update(recipe=dataclasses.asdict(recipe), source=source.name,
                       class_names=source.class_names, counts=source.counts,
                       distribute=distribute, model_parallel=model_parallel,
@@ -804,6 +838,10 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
     with scope:
         # Built before anything is written: a layer too narrow to split is an error.
         model = build_model(recipe, source.num_classes, pretrained)
+        if resume:
+            # The checkpoint restores the optimizer's variables too: created here, in
+            # the distribution's scope (MirroredStrategy refuses them outside it).
+            model.optimizer.build(model.trainable_variables)
     writer = distribute_lib.ModelWriter(model)
 
     # Nothing was written before this line.
@@ -811,10 +849,11 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         run.create(resume, overwrite)
         run.write_settings({
             "recipe": dataclasses.asdict(recipe), "source": source.name,
-            "class_names": source.class_names, "arguments": arguments or {},
+            "class_names": source.class_names, "counts": source.counts,
+            "source_identity": source.identity, "arguments": arguments or {},
             "backend": keras.backend.backend(), "distribute": distribute, "replicas": replicas,
             "model_parallel": model_parallel if distribute == "model-parallel" else None,
-            "processes": num_processes,
+            "processes": num_processes, "export": export,
         })
     new_rate = resume and recipe.learning_rate != settings["recipe"]["learning_rate"]
     if resume:
@@ -822,6 +861,12 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         if new_rate:
             # The checkpoint's optimizer holds the old rate (drops included).
             model.optimizer.learning_rate.assign(recipe.learning_rate)
+        started = (settings.get("replicas"), settings.get("processes"))
+        if started != (replicas, num_processes):
+            # Devices and processes belong to one start: the global batches stay the same.
+            resume_note = " ".join(filter(None, [resume_note, (
+                f"Training on {replicas} replica(s) over {num_processes} process(es) (the "
+                f"previous start had {started[0]} over {started[1]}).")]))
         log(f"Resuming {run.path} after epoch {initial_epoch} of {recipe.epochs}."
             + (f" {resume_note}" if resume_note else ""))
 
@@ -847,7 +892,6 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         *([skipped_report] if writes else []),
         RunCheckpoint(run, schedule, writer, resumed_from=checkpoint),
     ]
-    variant = (pretrained.variant if pretrained else None) or recipe.variant or "original"
     if pretrained is not None:
         trained = sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
         log(f"Fine-tuning {recipe.fine_tune}: a new fc8 for {source.num_classes} classes"
@@ -857,7 +901,7 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
     if num_processes > 1:
         where = (f"process {distribute_lib.process_index()} of {num_processes}; "
                  + (where if writes else "process 0 writes the run folder"))
-    log(f"Training AlexNet ({variant}) on {source.name}: {source.num_classes} classes, "
+    log(f"Training AlexNet ({recipe.variant}) on {source.name}: {source.num_classes} classes, "
         f"{source.counts}, backend {keras.backend.backend()}, {replicas} replica(s); {where}."
         + (f" Training batches from the tf.data service at {data_service}."
            if data_service else ""))
@@ -877,7 +921,8 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
                 "logs); lower --lr and start again with --overwrite.")
         ) from None
     except Exception as error:
-        if num_processes == 1:
+        # Any other error is this process's own, and is raised as itself.
+        if num_processes == 1 or not distribute_lib.is_collective_failure(error):
             raise
         kept = run.read_checkpoint()
         reason = str(error).splitlines()[0].rstrip(".")
@@ -920,7 +965,8 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
             if export is not None:
                 summary["export"] = export_saved_model(final_model, export,
                                                        class_names=source.class_names,
-                                                       preset=eval_preset, overwrite=overwrite)
+                                                       preset=eval_preset,
+                                                       overwrite=replace_export)
             write_json_atomically(run / SUMMARY, summary)
     # The others return once process 0 has written everything.
     distribute_lib.wait_for_every_process("keras_alexnet.training.train: run written")

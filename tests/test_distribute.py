@@ -264,6 +264,16 @@ def test_resolve_processes_errors(arguments, message, monkeypatch):
         distribute.resolve_processes(*arguments)
 
 
+@jax_only
+@pytest.mark.parametrize("timeouts", [{"heartbeat_timeout": -1}, {"heartbeat_timeout": 0},
+                                      {"timeout": 0}])
+def test_initialize_processes_refuses_a_timeout_below_one(timeouts):
+    """Refused before JAX, which would abort the process with its C++ stack."""
+    processes = distribute.Processes(2, 0, ("localhost:1234",))
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        distribute.initialize_processes(processes, **timeouts)
+
+
 def _free_port():
     with socket.socket() as probe:
         probe.bind(("localhost", 0))
@@ -302,11 +312,13 @@ def test_a_dead_process_stops_the_others(tmp_path):
 
 FOUR_COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230),
                 "yellow": (230, 230, 20)}
-# Four classes, so that fc8 splits over a model axis of 2; dropout off, so
-# that every layout trains the same weights.
+# Four classes, so that fc8 splits over a model axis of 2. The paper's dropout,
+# as the README's commands train: JAX draws the same masks in every layout
+# (its random bits do not depend on how an array is split), so every layout
+# trains the same weights, and every checkpoint holds the seed generators.
 RECIPE = ["--validation-fraction", "0.25", "--image-size", "67", "--resize-size", "72",
-          "--batch-size", "8", "--init", "he", "--lr", "0.003", "--dropout", "0",
-          "--steps-per-epoch", "2", "--seed", "0", "--quiet"]
+          "--batch-size", "8", "--init", "he", "--lr", "0.003", "--steps-per-epoch", "2",
+          "--seed", "0", "--quiet"]
 # What a run writes into its folder.
 RUN_ENTRIES = ["backup", "best.json", "best.keras", "final.keras", "log.csv", "run.json",
                "summary.json", "tensorboard"]
@@ -482,13 +494,15 @@ def test_model_parallel_over_two_processes_checkpoints_resumes_and_exports(
     output = tmp_path / "run"
     first = _finish(_start_two_processes(
         ["--data", str(four_colours), *RECIPE, "--epochs", "1", "--output", str(output),
-         "--distribute", "model-parallel", "--model-parallel", "2"], folders,
-        train_environment))
+         "--distribute", "model-parallel", "--model-parallel", "2", "--export", "export"],
+        folders, train_environment))
     _assert_succeeded(first)
     assert RunFolder(output).read_checkpoint()["epoch"] == 1
+    # The distribution and the export come from run.json; the export of 1 epoch is
+    # the run's own, and replaced.
     more = _finish(_start_two_processes(
-        ["--output", str(output), "--resume", "--epochs", "3", "--distribute",
-         "model-parallel", "--export", "export", "--quiet"], folders, train_environment))
+        ["--output", str(output), "--resume", "--epochs", "3", "--quiet"], folders,
+        train_environment))
     _assert_succeeded(more)
     assert "Continuing to 3 epochs" in more[0][1]
     _assert_same_weights(output, reference)
@@ -623,3 +637,77 @@ def test_a_tf_config_cluster_is_refused_on_tensorflow(monkeypatch):
         "task": {"type": "worker", "index": 0}}))
     with pytest.raises(ValueError, match="MultiWorkerMirroredStrategy"):
         distribute.resolve_processes()
+
+
+# ------------------------------------------------------------ ModelWriter
+
+
+def _recipe_with_dropout(**fields):
+    # The paper's dropout: every Dropout layer holds a seed generator.
+    return training.Recipe(image_size=67, resize_size=67, batch_size=4, initialization="he",
+                           seed=0, **fields)
+
+
+def test_the_copy_to_save_has_every_variable_of_a_model_with_dropout():
+    """`ModelWriter`'s copy holds the model's and the optimizer's variables in the
+    same order, though Keras numbers the seed generators of a clone anew."""
+    model = training.build_model(_recipe_with_dropout(), num_classes=4)
+    model.optimizer.build(model.trainable_variables)
+    copy = distribute._local_copy(model)
+    originals = distribute._variables_to_save(model)
+    copied = distribute._variables_to_save(copy)
+    assert len(copied) == len(originals)
+    for original, variable in zip(originals, copied):
+        assert variable is not original
+        assert (tuple(variable.shape), variable.dtype) == (tuple(original.shape),
+                                                           original.dtype), original.path
+    assert sum("seed_generator" in variable.path for variable in copied) == 2
+    assert distribute._saved_variable_names(copy) == distribute._saved_variable_names(model)
+
+
+def test_the_copy_to_save_is_checked_against_the_model():
+    """Variables are named by the layers that own them: two models of one
+    architecture agree, whatever their seed generators are called; another
+    architecture does not."""
+    names = distribute._saved_variable_names(training.build_model(_recipe_with_dropout(), 4))
+    assert names == distribute._saved_variable_names(
+        training.build_model(_recipe_with_dropout(), 4))
+    assert "alexnet/drop6/seed_generator_state" in names
+    other = distribute._saved_variable_names(
+        training.build_model(_recipe_with_dropout(dropout=0.0), 4))
+    assert other != names and "alexnet/drop6/seed_generator_state" not in other
+
+
+# Process 0 fails while writing the model (as a full disk would).
+FAILS_WHILE_WRITING = """
+import keras
+from keras_alexnet import distribute
+distribute.initialize_processes(distribute.resolve_processes(), timeout=60,
+                                heartbeat_timeout=10)
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2),
+                          keras.layers.Dropout(0.5)])
+model.compile(optimizer="sgd", loss="mse")
+model.optimizer.build(model.trainable_variables)
+with distribute.ModelWriter(model).latest() as saved:
+    if saved is not None:
+        raise OSError("No space left on device")
+distribute.wait_for_every_process("after writing")
+print("went on")
+"""
+
+
+@jax_only
+def test_an_error_while_process_0_writes_stops_every_process_with_it():
+    """Not only process 0: the others raise its error at once, rather than going on
+    to fail later as if it had been lost."""
+    port = _free_port()
+    processes = [subprocess.Popen([sys.executable, "-c", FAILS_WHILE_WRITING], cwd=ROOT,
+                                  env=_process_environment(index, port),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for index in range(2)]
+    (writer, out0, errors0), (other, out1, errors1) = _finish(processes, timeout=120)
+    assert "went on" not in out0 + out1
+    assert writer.returncode == 1 and "OSError: No space left on device" in errors0, errors0
+    assert other.returncode == 1, errors1[-3000:]
+    assert ("RuntimeError: Process 0 of 2 could not write the model, so every process stops: "
+            "process 0 stopped: OSError: No space left on device") in errors1

@@ -459,7 +459,11 @@ def test_train_py_prepares_and_trains_from_the_prepared_folder_at_its_size(folde
                              capture_output=True, text=True)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "72x72 jpeg, prepared from" in trained.stdout
-    assert json.loads((output / "run.json").read_text())["recipe"]["resize_size"] == 72
+    settings = json.loads((output / "run.json").read_text())
+    assert settings["recipe"]["resize_size"] == 72
+    # What --resume compares: the folder's identity, which another preparation changes.
+    identity = data.prepared(target).identity
+    assert identity is not None and settings["source_identity"] == identity
     summary = json.loads((output / "summary.json").read_text())
     assert summary["examples"] == data.prepared(target).counts["validation"]
     # The files skipped when it was prepared are named in the run too.

@@ -1,6 +1,7 @@
 """train.py end to end in subprocesses, resume after SIGKILL, distribution, errors."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -306,11 +307,19 @@ def test_seeded_data_does_not_depend_on_an_earlier_run_in_the_process(colour_fol
         np.testing.assert_array_equal(a, b)
 
 
+# A distribution over two CPU devices on each backend that has one.
+TWO_DEVICES = {"tensorflow": ["--distribute", "mirrored", "--cpu-devices", "2"],
+               "jax": ["--distribute", "data-parallel", "--cpu-devices", "2"]}
+
+
 def test_resume_takes_its_settings_from_run_json(colour_folder, tmp_path):
-    output = tmp_path / "run"
+    output, export = tmp_path / "run", tmp_path / "export"
+    distribution = TWO_DEVICES.get(BACKEND, [])
     started = run_train("--data", str(colour_folder), "--output", str(output), *FAST,
-                        "--epochs", "1", "--steps-per-epoch", "2")
+                        "--epochs", "1", "--steps-per-epoch", "2", "--export", str(export),
+                        *distribution)
     assert started.returncode == 0, started.stderr[-2000:]
+    exported = (export / "saved_model.pb").stat().st_mtime_ns
     changed = run_train("--output", str(output), "--resume", "--image-size", "99",
                         "--dropout", "0.2", "--lr", "0.1", "--epochs", "2")
     assert changed.returncode == 2
@@ -319,11 +328,39 @@ def test_resume_takes_its_settings_from_run_json(colour_folder, tmp_path):
     assert len(changed.stderr) < 2000  # no Keras internals
     finished = run_train("--output", str(output), "--resume")
     assert finished.returncode == 2 and "pass more than 1 --epochs" in finished.stderr
-    more = run_train("--output", str(output), "--resume", "--epochs", "2", "--quiet")
+    # The default spelled out is what the run trains with: no change.
+    more = run_train("--output", str(output), "--resume", "--epochs", "2", "--quiet",
+                     "--variant", "original")
     assert more.returncode == 0, more.stderr[-2000:]
     assert "Continuing to 2 epochs (the run started with 1)" in more.stdout
     assert [int(row["epoch"]) for row in log_rows(output)] == [0, 1]
-    assert json.loads((output / "summary.json").read_text())["epochs"] == 2
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["epochs"] == 2
+    # The run's own distribution and export; its devices were of one start.
+    settings = json.loads((output / "run.json").read_text())
+    assert settings["distribute"] == (distribution[1] if distribution else "none")
+    assert settings["export"] == summary["export"] == str(export)
+    assert settings["counts"] == {"train": 54, "validation": 18}
+    assert (export / "saved_model.pb").stat().st_mtime_ns > exported
+    if distribution:
+        assert ("Training on 1 replica(s) over 1 process(es) (the previous start had 2 over "
+                "1).") in more.stdout
+        assert summary["replicas"] == 1
+
+
+def test_resume_refuses_another_distribution_or_export():
+    settings = {"distribute": "data-parallel", "model_parallel": None, "export": "/exports/1"}
+    _, args = train_script.parse_arguments(["--output", "run", "--resume"])
+    train_script.take_run_arguments(args, settings, ["distribute", "model_parallel", "export"])
+    assert (args.distribute, args.model_parallel, args.export) == (
+        "data-parallel", None, "/exports/1")
+    _, args = train_script.parse_arguments(["--output", "run", "--resume", "--distribute",
+                                            "none", "--export", "/exports/1"])
+    with pytest.raises(ValueError, match=r"--distribute: 'data-parallel' -> 'none'\. "):
+        train_script.take_run_arguments(args, settings, ["distribute", "export"])
+    # A run.json from before export was recorded leaves it as given.
+    train_script.take_run_arguments(args, {}, ["export"])
+    assert args.export == "/exports/1"
 
 
 def test_each_run_gets_its_own_default_folder(colour_folder, tmp_path):
@@ -682,3 +719,77 @@ def test_presets_leave_pixels_for_a_model_that_normalises_itself(colour_folder):
             # PCA lighting may push the [0, 255] training pixels a little below 0.
             scale = np.abs(np.asarray(images)).max()
             assert scale < 4 if normalize else scale > 100
+
+
+@pytest.mark.parametrize("recorded_variant", [None, "original"], ids=["older", "resolved"])
+def test_resume_compares_the_values_a_run_trains_with(recorded_variant):
+    """Defaults spelled out agree with a run.json that left them unset (as older
+    ones left the variant): what is compared is what the run trains with."""
+    recipe = {**dataclasses.asdict(training.Recipe(image_size=67, resize_size=72)),
+              "variant": recorded_variant}
+    settings = {"recipe": recipe, "arguments": {"data": "/images", "validation_fraction": None}}
+    _, args = train_script.parse_arguments(
+        ["--output", "run", "--resume", "--variant", "original", "--validation-fraction", "0.1"])
+    recorded = train_script.resume_arguments(args, settings, training)
+    assert args.data == "/images"
+    resumed = train_script.make_recipe(args, training, None, recorded)
+    assert resumed.variant == "original"
+    assert training._recipe_changes(recipe, resumed) == {}
+    _, args = train_script.parse_arguments(
+        ["--output", "run", "--resume", "--variant", "zfnet", "--validation-fraction", "0.2"])
+    with pytest.raises(ValueError, match=r"--variant: 'original' -> 'zfnet'; "
+                                         r"--validation-fraction: 0.1 -> 0.2\."):
+        train_script.resume_arguments(args, settings, training)
+
+
+def test_resume_refuses_changed_data(tmp_path):
+    """The examples per split, and a prepared folder's identity, are the run's data:
+    a folder that gained an image would resume in another order."""
+    folder = write_colour_folder(tmp_path / "images", COLOURS, 4)
+    recipe = training.Recipe(image_size=67, resize_size=72, batch_size=4)
+    source = data.image_folder(folder, validation_fraction=0.25)
+    settings = {"recipe": dataclasses.asdict(recipe), "source": source.name,
+                "class_names": source.class_names, "counts": source.counts,
+                "source_identity": source.identity}
+    run = RunFolder(tmp_path / "run")
+    assert training.check_resume(run, settings, recipe, source) is None
+    Image.new("RGB", (80, 80)).save(folder / "red" / "4.jpg")
+    grown = data.image_folder(folder, validation_fraction=0.25)
+    assert grown.name == source.name and grown.class_names == source.class_names
+    with pytest.raises(ValueError, match=r"train examples: 9 -> 10\. "):
+        training.check_resume(run, settings, recipe, grown)
+    prepared_again = dataclasses.replace(source, identity="0f" * 32)
+    with pytest.raises(ValueError, match=r"prepared folder: None -> '0f0f"):
+        training.check_resume(run, settings, recipe, prepared_again)
+    # A run.json from before counts and identities were recorded.
+    older = {key: settings[key] for key in ("recipe", "source", "class_names")}
+    assert training.check_resume(run, older, recipe, grown) is None
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--num-processes", "2", "--heartbeat-timeout", "-1"],
+     "--heartbeat-timeout must be >= 1. Received: -1"),
+    (["--num-processes", "2", "--heartbeat-timeout", "0"],
+     "--heartbeat-timeout must be >= 1. Received: 0"),
+    (["--distribute", "model-parallel", "--model-parallel", "0"],
+     "--model-parallel must be >= 1. Received: 0"),
+    (["--cpu-devices", "0"], "--cpu-devices must be >= 1. Received: 0"),
+    (["--epochs", "0"], "--epochs must be >= 1. Received: 0"),
+    (["--steps-per-epoch", "0"], "--steps-per-epoch must be >= 1. Received: 0"),
+    (["--lr", "nan"], "--lr must be > 0. Received: nan"),
+    (["--dropout", "1"], "--dropout must be in [0, 1). Received: 1.0"),
+    (["--validation-fraction", "-0.1"],
+     "--validation-fraction must be in [0, 1). Received: -0.1"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32). Received: -1"),
+    (["--process-id", "-1"], "--process-id must be >= 0. Received: -1"),
+    (["--service-timeout", "0"], "--service-timeout must be > 0. Received: 0.0"),
+])
+def test_train_py_refuses_bad_numbers(arguments, message, tmp_path, capsys):
+    """Checked before anything runs (exit code 2, nothing written); 0 is a value,
+    not "unset"."""
+    output = tmp_path / "run"
+    with pytest.raises(SystemExit) as exited:
+        train_script.main(["--output", str(output), *arguments])
+    assert exited.value.code == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not output.exists()

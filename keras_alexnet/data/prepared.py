@@ -501,7 +501,8 @@ def prepared(directory, verify=False):
     return Source(splits=splits, class_names=metadata["class_names"], skipped=skipped,
                   name=f"{directory} ({size}x{size} {image_format}, prepared from "
                        f"{metadata['source']})",
-                  prepared_size=size, jpeg_size=size if image_format == "jpeg" else None)
+                  prepared_size=size, jpeg_size=size if image_format == "jpeg" else None,
+                  identity=hashlib.sha256((directory / METADATA).read_bytes()).hexdigest())
 
 
 def _check_shards(directory, metadata, verify):

@@ -73,6 +73,9 @@ class Source:
             `jpeg_size` JPEG (a prepared folder): `Split.read_units` then
             gives the JPEG bytes undecoded, so a preset can decode only the
             window it crops (`tf.image.decode_and_crop_jpeg`).
+        identity: set where the source records what it holds (a prepared
+            folder: the SHA-256 of its metadata, which lists every shard):
+            the same identity is the same data, in the same order.
     """
 
     splits: dict
@@ -81,6 +84,7 @@ class Source:
     name: str = ""
     prepared_size: int | None = None
     jpeg_size: int | None = None
+    identity: str | None = None
 
     @property
     def num_classes(self):
