@@ -43,6 +43,7 @@ import re
 import keras
 
 from keras_alexnet._validation import check_positive_int
+from keras_alexnet.models import AlexNetModel
 
 DISTRIBUTIONS = ("none", "mirrored", "data-parallel", "model-parallel")
 PAPER_MODEL_PARALLEL = 2
@@ -922,6 +923,8 @@ def _no_distribution():
 def _local_copy(model):
     """A compiled copy of `model` with variables of its own (call with no distribution set)."""
     copy = keras.models.clone_model(model)
+    if isinstance(model, AlexNetModel):  # clone_model rebuilds the graph, not these
+        copy.pixel_mean, copy.pixel_std = model.pixel_mean, model.pixel_std
     if model.compiled:
         copy.compile_from_config(model.get_compile_config())
     if copy.optimizer is not None:

@@ -34,7 +34,7 @@ from keras_alexnet.data_service import (STALL_TIMEOUT_SECONDS, EpochJobs,
                                         StalledServiceWatchdog,
                                         check_dispatcher)
 from keras_alexnet.export import check_export_target, export_saved_model
-from keras_alexnet.models import AlexNet
+from keras_alexnet.models import AlexNet, AlexNetModel
 from keras_alexnet.models.alexnet import (DEFAULT_INPUT_SHAPES, initializers,
                                           validate_architecture)
 from keras_alexnet.presets import EvalPreset, TrainPreset, square_bytes
@@ -248,7 +248,8 @@ def fine_tuned_model(recipe, num_classes, pretrained=None):
     classifier = keras.layers.Dense(num_classes, activation="softmax",
                                     kernel_initializer=kernel_init,
                                     bias_initializer=bias_init, name="fc8")
-    model = keras.Model(base.input, classifier(base.get_layer("fc8").input), name=base.name)
+    model = AlexNetModel(base.input, classifier(base.get_layer("fc8").input), name=base.name,
+                         pixel_mean=base.pixel_mean, pixel_std=base.pixel_std)
     if recipe.freeze is not None:
         layers = model.layers[1:]  # after the input layer
         names = [layer.name for layer in layers[:-1]]  # fc8 is always trained

@@ -663,6 +663,10 @@ def test_the_copy_to_save_has_every_variable_of_a_model_with_dropout():
                                                            original.dtype), original.path
     assert sum("seed_generator" in variable.path for variable in copied) == 2
     assert distribute._saved_variable_names(copy) == distribute._saved_variable_names(model)
+    # The input statistics of the weights travel with the copy that is saved.
+    model.pixel_mean, model.pixel_std = (122.7, 116.7, 104.0), (1.0, 1.0, 1.0)
+    copy = distribute._local_copy(model)
+    assert (copy.pixel_mean, copy.pixel_std) == (model.pixel_mean, model.pixel_std)
 
 
 def test_the_copy_to_save_is_checked_against_the_model():

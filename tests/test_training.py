@@ -707,6 +707,18 @@ def test_fine_tuned_model_follows_the_weights_file(tmp_path):
         training.Recipe(freeze="conv5")
 
 
+def test_a_fine_tuned_model_keeps_the_input_statistics_of_its_weights(tmp_path):
+    from keras_alexnet.convert.caffe import PIXEL_MEAN
+    from keras_alexnet.models import pixel_statistics
+
+    path = tmp_path / "small.caffemodel"
+    write_caffemodel(path, bvlc_alexnet_layers(random_weights(0, pool5_size=1)))
+    model = training.fine_tuned_model(
+        training.Recipe(image_size=67, resize_size=76, fine_tune=str(path)), num_classes=3)
+    np.testing.assert_allclose(np.array(pixel_statistics(model)),
+                               np.array([PIXEL_MEAN, (1.0, 1.0, 1.0)]), rtol=1e-6)
+
+
 def test_presets_leave_pixels_for_a_model_that_normalises_itself(colour_folder):
     source = data.image_folder(colour_folder, validation_fraction=0.25)
     recipe = training.Recipe(image_size=67, resize_size=72, batch_size=16, seed=0)
