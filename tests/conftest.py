@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -29,11 +31,32 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _share_jax_compilations(config):
+    """One JAX compilation cache for the session, this process and every
+    train.py, notebook and helper process it starts: they compile the same
+    programs (AlexNet at 67x67, the same batch sizes) again and again. A cache
+    the user set is used as it is; ours is deleted at the end."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    config.jax_cache = tempfile.mkdtemp(prefix="keras-alexnet-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = config.jax_cache
+    # Every program, not only those over JAX's default 1 s: a train.py run
+    # compiles its evaluation steps in less, and they add up (30 s -> 13 s a run).
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "jax_cache", None)
+    if cache is not None:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def pytest_configure(config):
     """On a GPU, compute float32 as float32: the tests compare against float32
     references with float32 tolerances, and TF32 matrix units (the default
     on Ampere and later GPUs for TensorFlow, for convolutions in PyTorch and
     for matrix products in JAX) keep only 10 bits of mantissa."""
+    _share_jax_compilations(config)
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend == "tensorflow":
         import tensorflow as tf

@@ -265,6 +265,7 @@ def test_a_lost_worker_restarted_at_its_address_lets_the_epoch_end(
     assert sorted(second) == list(range(IMAGES))
 
 
+@pytest.mark.backend_independent
 def test_train_py_on_command_line_servers_stops_when_a_worker_is_lost_for_good(
         numbered, start_server, tmp_path):
     dispatcher_port = _free_port()

@@ -80,6 +80,7 @@ def test_export_reloads_in_plain_tensorflow(fixture, request, tmp_path):
         assert served[batch]["top_k_labels"] == [[CLASSES[i] for i in row] for row in top]
 
 
+@pytest.mark.backend_independent
 def test_preprocessed_signature_returns_raw_outputs(model, tmp_path):
     path = export_saved_model(model, tmp_path / "export")
     loaded = tf.saved_model.load(path)
@@ -89,6 +90,7 @@ def test_preprocessed_signature_returns_raw_outputs(model, tmp_path):
     np.testing.assert_allclose(outputs.numpy(), expected, atol=1e-4)
 
 
+@pytest.mark.backend_independent
 def test_only_a_previous_savedmodel_is_ever_overwritten(model, tmp_path):
     target = export_saved_model(model, tmp_path / "export")
     with pytest.raises(FileExistsError, match="overwrite"):
@@ -117,6 +119,7 @@ def test_only_a_previous_savedmodel_is_ever_overwritten(model, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "export", "serving"]
 
 
+@pytest.mark.backend_independent
 def test_served_probabilities_decided_from_what_the_model_outputs(tmp_path):
     """A model that ends in softmax anywhere (a wrapper, a Softmax layer) is not
     softmaxed twice; logits are."""
@@ -142,6 +145,7 @@ def test_served_probabilities_decided_from_what_the_model_outputs(tmp_path):
         export_saved_model(logits, tmp_path / "bad", outputs="probability")
 
 
+@pytest.mark.backend_independent
 def test_a_wrapped_self_normalising_model_is_served_pixels(tmp_path):
     """A model wrapping `AlexNet(include_preprocessing=True)` normalises its inputs
     itself too: the export feeds it cropped pixel values, normalised once."""
@@ -159,6 +163,7 @@ def test_a_wrapped_self_normalising_model_is_served_pixels(tmp_path):
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
+@pytest.mark.backend_independent
 def test_feature_extractors_export_features_without_labels(tmp_path):
     keras.utils.set_random_seed(0)
     for pooling, shape in ((None, (2, 1, 1, 256)), ("avg", (2, 256))):
@@ -179,6 +184,7 @@ def test_feature_extractors_export_features_without_labels(tmp_path):
             export_saved_model(extractor, tmp_path / "x", class_names=["a"])
 
 
+@pytest.mark.backend_independent
 def test_class_names_are_checked_up_front(model, tmp_path):
     names = list(CLASSES)
     names[2] = ""
@@ -261,6 +267,7 @@ def test_failed_export_leaves_nothing(model, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.backend_independent
 def test_an_export_under_a_file_is_refused_before_anything_is_written(tmp_path):
     """`train.py --export` checks its target before training: a path whose folders
     cannot be created is a ValueError then, not an OSError at the end."""

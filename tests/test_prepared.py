@@ -432,6 +432,7 @@ def test_prepared_jpeg_epochs_repeat_resume_and_feed_model_fit(folder, tmp_path)
     assert np.isfinite(history.history["loss"][0])
 
 
+@pytest.mark.backend_independent
 def test_train_py_prepares_and_trains_from_the_prepared_folder_at_its_size(folder, tmp_path):
     target, output = tmp_path / "prepared", tmp_path / "run"
     command = [sys.executable, str(ROOT / "train.py"), "--backend", keras.backend.backend()]

@@ -234,6 +234,7 @@ def test_overwrite_deletes_only_a_keras_alexnet_runs_own_files(tmp_path):
     assert list(run.path.iterdir()) == []
 
 
+@pytest.mark.backend_independent
 def test_overwrite_with_export_never_replaces_a_serving_folder(colour_folder, tmp_path):
     serving = tmp_path / "serving"
     (serving / "1").mkdir(parents=True)
@@ -248,6 +249,7 @@ def test_overwrite_with_export_never_replaces_a_serving_folder(colour_folder, tm
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+@pytest.mark.backend_independent
 def test_skipped_files_are_named_in_the_run_and_do_not_stop_it(tmp_path):
     images = write_colour_folder(tmp_path / "images", COLOURS, 8)
     good = (images / "red" / "0.jpg").read_bytes()
@@ -269,6 +271,7 @@ def test_skipped_files_are_named_in_the_run_and_do_not_stop_it(tmp_path):
     assert summary["examples"] > 0
 
 
+@pytest.mark.backend_independent
 def test_fewer_than_one_batch_is_refused_with_steps_per_epoch_too(colour_folder, tmp_path):
     output = tmp_path / "run"
     result = run_train("--data", str(colour_folder), "--output", str(output), *FAST,
@@ -292,6 +295,7 @@ def test_seeded_runs_repeat_exactly(colour_folder, tmp_path):
     assert rows_a == rows_b
 
 
+@pytest.mark.backend_independent
 def test_seeded_data_does_not_depend_on_an_earlier_run_in_the_process(colour_folder):
     """A seeded run leaves the global seeds set (`keras.utils.set_random_seed`), and
     tf.data shuffles combine TensorFlow's with their own (and fail on the presets'
@@ -348,6 +352,7 @@ def test_resume_takes_its_settings_from_run_json(colour_folder, tmp_path):
         assert summary["replicas"] == 1
 
 
+@pytest.mark.backend_independent
 def test_resume_refuses_another_distribution_or_export():
     settings = {"distribute": "data-parallel", "model_parallel": None, "export": "/exports/1"}
     _, args = train_script.parse_arguments(["--output", "run", "--resume"])
@@ -363,6 +368,7 @@ def test_resume_refuses_another_distribution_or_export():
     assert args.export == "/exports/1"
 
 
+@pytest.mark.backend_independent
 def test_each_run_gets_its_own_default_folder(colour_folder, tmp_path):
     arguments = ["--data", str(colour_folder), *FAST, "--epochs", "1", "--steps-per-epoch", "1"]
     for _ in range(2):
@@ -634,6 +640,7 @@ def test_fine_tune_freezes_what_it_loaded_trains_a_new_fc8_and_resumes(
                 assert not np.array_equal(trained, first), name
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("arguments,message", [
     (["--freeze", "conv9"], "before fc8 (the new classifier, always trained): preprocessing, "
                             "conv1, lrn1, pool1, conv2, lrn2, pool2, conv3, conv4, conv5, pool5, "
@@ -733,6 +740,7 @@ def test_presets_leave_pixels_for_a_model_that_normalises_itself(colour_folder):
             assert scale < 4 if normalize else scale > 100
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("recorded_variant", [None, "original"], ids=["older", "resolved"])
 def test_resume_compares_the_values_a_run_trains_with(recorded_variant):
     """Defaults spelled out agree with a run.json that left them unset (as older
@@ -754,6 +762,7 @@ def test_resume_compares_the_values_a_run_trains_with(recorded_variant):
         train_script.resume_arguments(args, settings, training)
 
 
+@pytest.mark.backend_independent
 def test_resume_refuses_changed_data(tmp_path):
     """The examples per split, and a prepared folder's identity, are the run's data:
     a folder that gained an image would resume in another order."""
@@ -778,6 +787,7 @@ def test_resume_refuses_changed_data(tmp_path):
     assert training.check_resume(run, older, recipe, grown) is None
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("arguments,message", [
     (["--num-processes", "2", "--heartbeat-timeout", "-1"],
      "--heartbeat-timeout must be >= 1. Received: -1"),
