@@ -53,11 +53,10 @@ class PCALighting(DataLayer):
         seed: integer seed.
         **kwargs: base layer keyword arguments.
 
-    Example:
-
-    >>> layer = PCALighting(seed=1)
-    >>> images = np.full((2, 4, 4, 3), 0.5, "float32")
-    >>> shifted = layer(images)  # one constant RGB offset per image
+    Examples:
+        >>> layer = PCALighting(seed=1)
+        >>> images = np.full((2, 4, 4, 3), 0.5, "float32")
+        >>> shifted = layer(images)  # one constant RGB offset per image
     """
 
     def __init__(self, alpha_std=0.1, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC,

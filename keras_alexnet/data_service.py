@@ -28,10 +28,10 @@ fast worker takes more. The trade-off against the other sharding policies:
 
 A lost worker: TensorFlow's client waits for it to come back at its address
 (the dispatcher keeps its tasks), however long, and whether or not other
-workers are alive: the dispatcher's `worker_timeout` only logs it lost. Restarted there (same `--host` and
-`--port`), it continues the epoch: what it held when it was lost, if anything,
-is not read again, and the trainer then says the epoch came short. If no batch comes for
-`timeout` seconds, `StalledServiceWatchdog` ends the training process with a
+workers are alive: the dispatcher's `worker_timeout` only logs it lost.
+Restarted there (same `--host` and `--port`), it continues the epoch: what it
+held when it was lost, if anything, is not read again, and the trainer then
+says the epoch came short. If no batch comes for `timeout` seconds, `StalledServiceWatchdog` ends the training process with a
 message (a blocked read cannot be interrupted); its last checkpoint is kept,
 and `train.py --resume` continues once the workers are back.
 
@@ -130,10 +130,9 @@ class EpochJobs:
             run (`training.train` has process 0 draw it).
         processes: the training processes reading each epoch together.
 
-    Example:
-
-    >>> jobs = EpochJobs("grpc://data1:5050", name="run-7f3a", processes=2)
-    >>> preset.epochs(source, batch_size=64, data_service=jobs)  # doctest: +SKIP
+    Examples:
+        >>> jobs = EpochJobs("grpc://data1:5050", name="run-7f3a", processes=2)
+        >>> preset.epochs(source, batch_size=64, data_service=jobs)  # doctest: +SKIP
     """
 
     service: str
@@ -190,11 +189,10 @@ def distribute_epochs(epoch_batches, service, batch_size, examples_per_epoch, fi
     Returns:
         An endless `tf.data.Dataset` of batches.
 
-    Example:
-
-    >>> batches = distribute_epochs(
-    ...     lambda epoch: source.units("train", 0, epoch).map(crop).batch(128),
-    ...     "grpc://host:5050", 128, source.counts["train"])  # doctest: +SKIP
+    Examples:
+        >>> batches = distribute_epochs(
+        ...     lambda epoch: source.units("train", 0, epoch).map(crop).batch(128),
+        ...     "grpc://host:5050", 128, source.counts["train"])  # doctest: +SKIP
     """
     jobs = EpochJobs.of(service)
 

@@ -221,10 +221,9 @@ def model_parallel_distribution(model_parallel=PAPER_MODEL_PARALLEL, devices=Non
         (`keras.distribution.set_distribution`) before building the model,
         and keep it set for `fit`.
 
-    Example:
-
-    >>> keras.distribution.set_distribution(model_parallel_distribution(2))
-    >>> model = keras_alexnet.AlexNet(classes=10)   # each device holds half of it
+    Examples:
+        >>> keras.distribution.set_distribution(model_parallel_distribution(2))
+        >>> model = keras_alexnet.AlexNet(classes=10)   # each device holds half of it
     """
     if keras.backend.backend() != "jax":
         raise ValueError(
@@ -356,13 +355,12 @@ def collectives(model, images, labels):
     Returns:
         A list of `Collective`, in program order.
 
-    Example:
-
-    >>> with model_parallel_distribution(2).scope():
-    ...     model = training.build_model(recipe, num_classes=4)
-    ...     found = collectives(model, images, labels)
-    >>> sorted({c.layers[0] for c in found if not c.backward})
-    ['conv3', 'fc6', 'fc7', 'fc8', 'loss', 'lrn1', 'lrn2', 'other']
+    Examples:
+        >>> with model_parallel_distribution(2).scope():
+        ...     model = training.build_model(recipe, num_classes=4)
+        ...     found = collectives(model, images, labels)
+        >>> sorted({c.layers[0] for c in found if not c.backward})
+        ['conv3', 'fc6', 'fc7', 'fc8', 'loss', 'lrn1', 'lrn2', 'other']
     """
     import jax
 
@@ -530,10 +528,9 @@ def resolve_processes(num_processes=None, process_id=None, job_addresses=None):
             distribution). A `TF_CONFIG` naming a cluster on TensorFlow is
             refused the same way.
 
-    Example:
-
-    >>> resolve_processes(2, 1, "10.0.0.1:1234,10.0.0.2:1234")
-    Processes(num_processes=2, process_id=1, job_addresses=('10.0.0.1:1234', '10.0.0.2:1234'))
+    Examples:
+        >>> resolve_processes(2, 1, "10.0.0.1:1234,10.0.0.2:1234")
+        Processes(num_processes=2, process_id=1, job_addresses=('10.0.0.1:1234', '10.0.0.2:1234'))
     """
     if keras.backend.backend() == "tensorflow" and _tf_config_names_a_cluster():
         raise ValueError(
@@ -639,11 +636,10 @@ def initialize_processes(processes, timeout=JOIN_TIMEOUT, heartbeat_timeout=HEAR
         records its seed in `run.json`, and its input pipeline must not
         depend on how the processes were started.)
 
-    Example:
-
-    >>> processes = resolve_processes()   # from KERAS_DISTRIBUTION_* variables
-    >>> if processes is not None:
-    ...     keras.utils.set_random_seed(initialize_processes(processes))
+    Examples:
+        >>> processes = resolve_processes()   # from KERAS_DISTRIBUTION_* variables
+        >>> if processes is not None:
+        ...     keras.utils.set_random_seed(initialize_processes(processes))
     """
     import jax
 
@@ -727,11 +723,10 @@ def start_together():
     raise a ValueError naming what differs from process 0. In a run of one
     process this does nothing more than run the block.
 
-    Example:
-
-    >>> with start_together() as agreed:
-    ...     check_my_folder()
-    ...     agreed["recipe"] = dataclasses.asdict(recipe)
+    Examples:
+        >>> with start_together() as agreed:
+        ...     check_my_folder()
+        ...     agreed["recipe"] = dataclasses.asdict(recipe)
     """
     agreed = {}
     with _all_or_none("Another process of this run could not start, so none does",
@@ -863,12 +858,11 @@ class ModelWriter:
     Args:
         model: the compiled model being trained.
 
-    Example:
-
-    >>> writer = ModelWriter(model)
-    >>> with writer.latest() as saved:   # on every process
-    ...     if saved is not None:          # process 0
-    ...         saved.save("final.keras")
+    Examples:
+        >>> writer = ModelWriter(model)
+        >>> with writer.latest() as saved:   # on every process
+        ...     if saved is not None:          # process 0
+        ...         saved.save("final.keras")
     """
 
     def __init__(self, model):

@@ -25,10 +25,9 @@ CLASSES_FILE = "imagenet_classes.tsv"
 def imagenet_classes():
     """The 1000 ILSVRC-2012 classes as a tuple of `(wnid, name)`, class 0 first.
 
-    Example:
-
-    >>> keras_alexnet.imagenet.imagenet_classes()[0]
-    ('n01440764', 'tench')
+    Examples:
+        >>> keras_alexnet.imagenet.imagenet_classes()[0]
+        ('n01440764', 'tench')
     """
     text = resources.files("keras_alexnet").joinpath(CLASSES_FILE).read_text("utf-8")
     return tuple(tuple(line.split("\t")) for line in text.splitlines())
@@ -52,12 +51,11 @@ def decode_predictions(probabilities, top=5):
         One list per image of `(wnid, class name, score)` tuples, highest
         score first.
 
-    Example:
-
-    >>> model = keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel",
-    ...                               include_preprocessing=True)
-    >>> keras_alexnet.decode_predictions(model.predict(images), top=3)[0]
-    [('n02123045', 'tabby', 0.61), ('n02123159', 'tiger cat', 0.25), ...]
+    Examples:
+        >>> model = keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel",
+        ...                               include_preprocessing=True)
+        >>> keras_alexnet.decode_predictions(model.predict(images), top=3)[0]
+        [('n02123045', 'tabby', 0.61), ('n02123159', 'tiger cat', 0.25), ...]
     """
     scores = np.asarray(keras.ops.convert_to_numpy(probabilities))
     classes = imagenet_classes()

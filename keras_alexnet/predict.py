@@ -85,11 +85,10 @@ def classify(model, image_files, ten_crop=False, top=5):
     Raises:
         ValueError: an image cannot be read (`classify_each` goes on past it).
 
-    Example:
-
-    >>> model = load_model("bvlc_alexnet.caffemodel")
-    >>> classify(model, ["cat.jpg"])
-    [('cat.jpg', [('tabby', 0.61), ('tiger cat', 0.25), ...])]
+    Examples:
+        >>> model = load_model("bvlc_alexnet.caffemodel")
+        >>> classify(model, ["cat.jpg"])
+        [('cat.jpg', [('tabby', 0.61), ('tiger cat', 0.25), ...])]
     """
     results = []
     for path, labels, error in classify_each(model, image_files, ten_crop, top):

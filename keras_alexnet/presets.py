@@ -196,9 +196,8 @@ class TrainPreset:
         size, its weights' statistics, not normalised if it normalises itself);
         `kwargs` set the augmentation.
 
-        Example:
-
-        >>> TrainPreset.for_model(keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel"))
+        Examples:
+            >>> TrainPreset.for_model(keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel"))
         """
         return cls(**{**_settings_for_model(model), **kwargs})
 
@@ -574,11 +573,10 @@ class EvalPreset:
         (`pixel_statistics`) unless the model normalises itself; `kwargs`
         override any of these.
 
-        Example:
-
-        >>> model = keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel")
-        >>> EvalPreset.for_model(model).std   # Caffe: pixels minus its mean, unscaled
-        (0.00392156862745098, 0.00392156862745098, 0.00392156862745098)
+        Examples:
+            >>> model = keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel")
+            >>> EvalPreset.for_model(model).std   # Caffe: pixels minus its mean, unscaled
+            (0.00392156862745098, 0.00392156862745098, 0.00392156862745098)
         """
         return cls(**{**_settings_for_model(model), **kwargs})
 

@@ -196,10 +196,9 @@ def takes_pixel_values(pretrained):
     `model.save_weights` after training with the presets' normalisation
     records none and is fed as such.
 
-    Example:
-
-    >>> takes_pixel_values(convert.read_weights("bvlc_alexnet.caffemodel"))
-    True
+    Examples:
+        >>> takes_pixel_values(convert.read_weights("bvlc_alexnet.caffemodel"))
+        True
     """
     return pretrained is not None and pretrained.pixel_mean is not None
 
@@ -228,10 +227,9 @@ def fine_tuned_model(recipe, num_classes, pretrained=None):
             different variant, an fc6 that reads another image size), or
             `recipe.freeze` is not a layer before fc8 (the message lists them).
 
-    Example:
-
-    >>> recipe = Recipe(fine_tune="bvlc_alexnet.caffemodel", freeze="conv5")
-    >>> model = fine_tuned_model(recipe, num_classes=101)   # Caltech-101
+    Examples:
+        >>> recipe = Recipe(fine_tune="bvlc_alexnet.caffemodel", freeze="conv5")
+        >>> model = fine_tuned_model(recipe, num_classes=101)   # Caltech-101
     """
     if pretrained is None:
         pretrained = convert.read_weights(recipe.fine_tune)
@@ -274,11 +272,10 @@ def check_fine_tune(recipe, num_classes):
         The `PretrainedWeights` read (pass them to `build_model`), or `None`
         without `fine_tune`.
 
-    Example:
-
-    >>> recipe = Recipe(fine_tune="bvlc_alexnet.caffemodel", freeze="conv9")
-    >>> check_fine_tune(recipe, num_classes=101)
-    ValueError: `freeze` must name a layer of the fine-tuned model before fc8 ...
+    Examples:
+        >>> recipe = Recipe(fine_tune="bvlc_alexnet.caffemodel", freeze="conv9")
+        >>> check_fine_tune(recipe, num_classes=101)
+        ValueError: `freeze` must name a layer of the fine-tuned model before fc8 ...
     """
     if recipe.fine_tune is None:
         return None

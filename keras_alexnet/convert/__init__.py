@@ -104,11 +104,10 @@ def read_weights(path):
         ValueError: the extension is not one of `WEIGHTS_SUFFIXES`, the file
             does not exist, or it cannot be read (see the readers).
 
-    Example:
-
-    >>> weights = keras_alexnet.convert.read_weights("bvlc_alexnet.caffemodel")
-    >>> weights.variant, weights.classes
-    ('original', 1000)
+    Examples:
+        >>> weights = keras_alexnet.convert.read_weights("bvlc_alexnet.caffemodel")
+        >>> weights.variant, weights.classes
+        ('original', 1000)
     """
     name = (os.path.expanduser(os.fspath(path)) if isinstance(path, (str, os.PathLike))
             else None)
@@ -151,11 +150,10 @@ def convert_weights(source, destination, overwrite=False):
             `source` cannot be read (see `read_weights`).
         FileExistsError: the destination exists and `overwrite` is False.
 
-    Example:
-
-    >>> keras_alexnet.convert.convert_weights("alexnet-owt-7be5be79.pth",
-    ...                                       "alexnet.weights.h5")
-    >>> model = keras_alexnet.AlexNet(weights="alexnet.weights.h5")
+    Examples:
+        >>> keras_alexnet.convert.convert_weights("alexnet-owt-7be5be79.pth",
+        ...                                       "alexnet.weights.h5")
+        >>> model = keras_alexnet.AlexNet(weights="alexnet.weights.h5")
     """
     import h5py
 

@@ -86,11 +86,10 @@ def read_caffemodel(path):
         ValueError: the file is truncated or corrupt, or holds another
             network; the message names the file, the layer and the shapes.
 
-    Example:
-
-    >>> weights = keras_alexnet.convert.caffe.read_caffemodel("bvlc_alexnet.caffemodel")
-    >>> weights.lrn_constants
-    {'size': 5, 'alpha': 2e-05, 'beta': 0.75, 'k': 1.0}
+    Examples:
+        >>> weights = keras_alexnet.convert.caffe.read_caffemodel("bvlc_alexnet.caffemodel")
+        >>> weights.lrn_constants
+        {'size': 5, 'alpha': 2e-05, 'beta': 0.75, 'k': 1.0}
     """
     buffer = Path(path).read_bytes()
     try:

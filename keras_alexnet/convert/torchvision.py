@@ -48,12 +48,11 @@ def read_state_dict_file(path):
         ValueError: the file is not a readable state dict, or a tensor is
             missing.
 
-    Example:
-
-    >>> weights = keras_alexnet.convert.torchvision.read_state_dict_file(
-    ...     "alexnet-owt-7be5be79.pth")
-    >>> weights.variant, weights.classes
-    ('one_weird_trick', 1000)
+    Examples:
+        >>> weights = keras_alexnet.convert.torchvision.read_state_dict_file(
+        ...     "alexnet-owt-7be5be79.pth")
+        >>> weights.variant, weights.classes
+        ('one_weird_trick', 1000)
     """
     try:
         import torch
@@ -105,10 +104,9 @@ def load_torch_state_dict(model, state_dict, layer_names=None):
     Raises:
         ValueError: a layer or tensor is missing or has the wrong shape.
 
-    Example:
-
-    >>> model = keras_alexnet.AlexNet(variant="one_weird_trick")
-    >>> load_torch_state_dict(model, torchvision.models.alexnet().state_dict())
+    Examples:
+        >>> model = keras_alexnet.AlexNet(variant="one_weird_trick")
+        >>> load_torch_state_dict(model, torchvision.models.alexnet().state_dict())
     """
     layers = _layers_from_state_dict(state_dict, layer_names or TORCHVISION_LAYER_NAMES,
                                      "The state dict")

@@ -49,11 +49,10 @@ class GroupedConv2D(keras.layers.Conv2D):
             (default) picks the faster of the two for the current backend.
             All give the same values.
 
-    Example:
-
-    >>> layer = GroupedConv2D(256, 5, padding="same", groups=2)
-    >>> layer(np.zeros((1, 27, 27, 96))).shape
-    (1, 27, 27, 256)
+    Examples:
+        >>> layer = GroupedConv2D(256, 5, padding="same", groups=2)
+        >>> layer(np.zeros((1, 27, 27, 96))).shape
+        (1, 27, 27, 256)
     """
 
     def __init__(self, *args, implementation="auto", **kwargs):

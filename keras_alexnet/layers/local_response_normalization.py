@@ -44,11 +44,10 @@ class LocalResponseNormalization(keras.layers.Layer):
         implementation: `"auto"`, `"ops"` or `"native"`, see above.
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
-    Example:
-
-    >>> layer = LocalResponseNormalization()
-    >>> layer(np.ones((1, 2, 2, 8))).shape
-    (1, 2, 2, 8)
+    Examples:
+        >>> layer = LocalResponseNormalization()
+        >>> layer(np.ones((1, 2, 2, 8))).shape
+        (1, 2, 2, 8)
     """
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, axis=-1,

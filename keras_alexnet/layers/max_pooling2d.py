@@ -17,10 +17,9 @@ class MaxPooling2D(keras.layers.MaxPooling2D):
     select-and-scatter (`keras_alexnet.layers._jax_kernels`). Every other
     case, and TensorFlow, is Keras' path.
 
-    Example:
-
-    >>> MaxPooling2D(3, strides=2)(np.zeros((1, 55, 55, 96))).shape
-    (1, 27, 27, 96)
+    Examples:
+        >>> MaxPooling2D(3, strides=2)(np.zeros((1, 55, 55, 96))).shape
+        (1, 27, 27, 96)
     """
 
     def call(self, inputs):

@@ -109,7 +109,7 @@ def AlexNet(
     (`pool2_pad`), none before conv2 and pool5; conv3-conv5 pad 1 on each
     side. The "local contrast normalisation across feature maps" is
     AlexNet's local response normalisation across channels, with the AlexNet
-    paper's constants (the paper gives none; see the README). The "paper"
+    paper's constants (the paper gives none; see docs/model.md). The "paper"
     initialisation is Zeiler and Fergus's: weights N(0, 0.01), biases 0.
 
     Pretrained weights: `weights` takes Caffe's `bvlc_alexnet.caffemodel`
@@ -189,16 +189,15 @@ def AlexNet(
         An `AlexNetModel`: a functional `keras.Model` that records its input
         statistics (`pixel_mean`, `pixel_std`, RGB in [0, 255]).
 
-    Example:
-
-    >>> model = keras_alexnet.AlexNet()
-    >>> model.count_params()
-    60965224
-    >>> keras_alexnet.AlexNet(variant="zfnet").count_params()
-    62357608
-    >>> features = keras_alexnet.AlexNet(include_top=False, pooling="avg")
-    >>> pretrained = keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel",
-    ...                                    include_preprocessing=True)
+    Examples:
+        >>> model = keras_alexnet.AlexNet()
+        >>> model.count_params()
+        60965224
+        >>> keras_alexnet.AlexNet(variant="zfnet").count_params()
+        62357608
+        >>> features = keras_alexnet.AlexNet(include_top=False, pooling="avg")
+        >>> pretrained = keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel",
+        ...                                    include_preprocessing=True)
     """
     pretrained = weights
     if weights is not None and not isinstance(weights, convert.PretrainedWeights):

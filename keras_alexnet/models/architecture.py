@@ -78,9 +78,8 @@ def initializers(initialization, layer_name, variant="original"):
         layer_name: e.g. `"conv2"` or `"fc8"`.
         variant: the `AlexNet` variant, whose paper says which biases start at 1.
 
-    Example:
-
-    >>> kernel_init, bias_init = initializers("paper", "fc8", "zfnet")
+    Examples:
+        >>> kernel_init, bias_init = initializers("paper", "fc8", "zfnet")
     """
     if initialization == "glorot":
         return "glorot_uniform", "zeros"
@@ -107,10 +106,9 @@ def overhang_padding(size, window, stride):
     every size (none of them starting in the padding, for windows at least
     as large as the stride, as ZFNet's are).
 
-    Example:
-
-    >>> overhang_padding(224, 7, 2)   # conv1: 1 + ceil(217 / 2) = 110
-    (0, 1)
+    Examples:
+        >>> overhang_padding(224, 7, 2)   # conv1: 1 + ceil(217 / 2) = 110
+        (0, 1)
     """
     if size is None:
         return (0, stride - 1)

@@ -66,11 +66,10 @@ def pixel_statistics(model):
     `keras.Sequential` or functional wrapper); ImageNet's for any other
     model (the presets' defaults).
 
-    Example:
-
-    >>> model = keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel")
-    >>> pixel_statistics(model)
-    ((122.67891, 116.66877, 104.00699), (1.0, 1.0, 1.0))
+    Examples:
+        >>> model = keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel")
+        >>> pixel_statistics(model)
+        ((122.67891, 116.66877, 104.00699), (1.0, 1.0, 1.0))
     """
     found = _find_alexnet_model(model)
     if found is None:
@@ -112,11 +111,10 @@ def preprocess_input(x, weights=None):
     Returns:
         The normalised images, the type and shape of `x`.
 
-    Example:
-
-    >>> model = keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel")
-    >>> probabilities = model.predict(keras_alexnet.preprocess_input(images, weights=model))
-    >>> keras_alexnet.decode_predictions(probabilities, top=3)
+    Examples:
+        >>> model = keras_alexnet.AlexNet(weights="bvlc_alexnet.caffemodel")
+        >>> probabilities = model.predict(keras_alexnet.preprocess_input(images, weights=model))
+        >>> keras_alexnet.decode_predictions(probabilities, top=3)
     """
     mean, std = _statistics_of(weights)
     if keras.ops.is_tensor(x) or keras.backend.is_keras_tensor(x):

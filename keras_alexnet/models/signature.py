@@ -14,14 +14,13 @@ def normalizes_inputs(model):
     `keras.Sequential` or a functional model). The presets, evaluation and
     `export_saved_model` use it so that no image is normalised twice.
 
-    Example:
-
-    >>> normalizes_inputs(keras_alexnet.AlexNet(include_preprocessing=True))
-    True
-    >>> wrapped = keras.Sequential(
-    ...     [keras.Input((227, 227, 3)), keras_alexnet.AlexNet(include_preprocessing=True)])
-    >>> normalizes_inputs(wrapped)
-    True
+    Examples:
+        >>> normalizes_inputs(keras_alexnet.AlexNet(include_preprocessing=True))
+        True
+        >>> wrapped = keras.Sequential(
+        ...     [keras.Input((227, 227, 3)), keras_alexnet.AlexNet(include_preprocessing=True)])
+        >>> normalizes_inputs(wrapped)
+        True
     """
     inputs = {id(tensor) for tensor in model.inputs}
     for layer in model.layers:
@@ -57,13 +56,12 @@ def resolve_outputs(model, outputs="auto"):
             classifier layer named `fc8` (also inside a nested model), else
             features. Any other value is checked and returned.
 
-    Example:
-
-    >>> resolve_outputs(keras_alexnet.AlexNet(input_shape=(67, 67, 3)))
-    'probabilities'
-    >>> resolve_outputs(keras_alexnet.AlexNet(input_shape=(67, 67, 3),
-    ...                                       classifier_activation=None))
-    'logits'
+    Examples:
+        >>> resolve_outputs(keras_alexnet.AlexNet(input_shape=(67, 67, 3)))
+        'probabilities'
+        >>> resolve_outputs(keras_alexnet.AlexNet(input_shape=(67, 67, 3),
+        ...                                       classifier_activation=None))
+        'logits'
     """
     if outputs not in OUTPUTS:
         raise ValueError(f"`outputs` must be one of {OUTPUTS}. Received: outputs={outputs!r}")

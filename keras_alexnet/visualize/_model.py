@@ -143,10 +143,9 @@ def images_at(dataset, indices, batch_size=DEFAULT_BATCH_SIZE):
     Returns:
         Array of shape `indices.shape + image shape`.
 
-    Example:
-
-    >>> indices, distances = nearest_neighbors(model, queries, train_batches)
-    >>> neighbours = images_at(train_batches, indices)   # (queries, k, H, W, 3)
+    Examples:
+        >>> indices, distances = nearest_neighbors(model, queries, train_batches)
+        >>> neighbours = images_at(train_batches, indices)   # (queries, k, H, W, 3)
     """
     indices = np.asarray(indices)
     if indices.size == 0 or not np.issubdtype(indices.dtype, np.integer) or (indices < 0).any():
@@ -222,9 +221,8 @@ def strongest_feature_maps(model, images, layer):
     Returns:
         int array `(batch,)`.
 
-    Example:
-
-    >>> channels = strongest_feature_maps(model, images, "conv5")   # one per image
+    Examples:
+        >>> channels = strongest_feature_maps(model, images, "conv5")   # one per image
     """
     (activations,) = predict(feature_model(model, [layer]), check_images(images))
     return strongest_channels(activations)

@@ -58,10 +58,9 @@ def deconvnet(model, images, layer, feature_map=None, position="strongest",
         float32 array of the images' shape: the projections, signed; show
         them with `scale_to_unit_range(projection, axis=(1, 2, 3))`.
 
-    Example:
-
-    >>> projections = deconvnet(model, images, "conv5")
-    >>> plotting.plot_images(scale_to_unit_range(projections, axis=(1, 2, 3)))
+    Examples:
+        >>> projections = deconvnet(model, images, "conv5")
+        >>> plotting.plot_images(scale_to_unit_range(projections, axis=(1, 2, 3)))
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")

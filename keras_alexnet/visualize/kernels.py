@@ -18,10 +18,9 @@ def scale_to_unit_range(array, axis=None):
     """`(array - min) / (max - min)` over `axis` (all axes by default); a
     constant slice becomes 0.5. For showing kernels and projections as images.
 
-    Example:
-
-    >>> scale_to_unit_range(np.array([-2.0, 0.0, 2.0]))
-    array([0. , 0.5, 1. ])
+    Examples:
+        >>> scale_to_unit_range(np.array([-2.0, 0.0, 2.0]))
+        array([0. , 0.5, 1. ])
     """
     array = np.asarray(array, "float64")
     low = array.min(axis=axis, keepdims=True)
@@ -58,10 +57,9 @@ def kernel_groups(model, layer="conv1"):
         model: a model from `keras_alexnet.AlexNet(...)`.
         layer: a convolution, `"conv1"`.
 
-    Example:
-
-    >>> kernel_groups(keras_alexnet.AlexNet())
-    2
+    Examples:
+        >>> kernel_groups(keras_alexnet.AlexNet())
+        2
     """
     names = layer_names(model)
     get_layer(model, layer)
@@ -99,11 +97,10 @@ def kernel_mosaic(model, layer="conv1", columns=16, spacing=1, group_spacing=4,
     Returns:
         float array `(height, width, 3)` with values in [0, 1].
 
-    Example:
-
-    >>> mosaic = kernel_mosaic(keras_alexnet.AlexNet())
-    >>> mosaic.shape  # two blocks of 3 rows of 16 kernels of 11x11
-    (74, 191, 3)
+    Examples:
+        >>> mosaic = kernel_mosaic(keras_alexnet.AlexNet())
+        >>> mosaic.shape  # two blocks of 3 rows of 16 kernels of 11x11
+        (74, 191, 3)
     """
     check_positive_int("columns", columns)
     for name, value in (("spacing", spacing), ("group_spacing", group_spacing)):
@@ -148,9 +145,8 @@ def kernel_color_saturation(model, layer="conv1"):
         float array `(groups,)` (see `kernel_groups`): the mean saturation of
         each group's kernels, in [0, 1].
 
-    Example:
-
-    >>> kernel_color_saturation(model)   # (2,): GPU 1's kernels, GPU 2's
+    Examples:
+        >>> kernel_color_saturation(model)   # (2,): GPU 1's kernels, GPU 2's
     """
     kernels = _rgb_kernels(model, layer).astype("float64")
     chromatic = kernels - kernels.mean(axis=-1, keepdims=True)

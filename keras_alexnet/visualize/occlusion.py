@@ -84,11 +84,10 @@ def occlusion_sensitivity(model, image, label=None, layer="conv5", size=None, st
     Returns:
         An `OcclusionMaps`.
 
-    Example:
-
-    >>> maps = occlusion_sensitivity(model, images[0], label=3, size=16, stride=4)
-    >>> maps.class_probability.shape     # 67x67 input: (67 - 16) // 4 + 1
-    (13, 13)
+    Examples:
+        >>> maps = occlusion_sensitivity(model, images[0], label=3, size=16, stride=4)
+        >>> maps.class_probability.shape     # 67x67 input: (67 - 16) // 4 + 1
+        (13, 13)
     """
     check_classifier(model)
     image = np.asarray(image, "float32")

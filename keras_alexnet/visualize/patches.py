@@ -111,10 +111,9 @@ def receptive_field(model, layer):
     Returns:
         A `ReceptiveField`.
 
-    Example:
-
-    >>> receptive_field(keras_alexnet.AlexNet(), "conv5")
-    ReceptiveField(size=(163, 163), stride=(16, 16), offset=(-64, -64))
+    Examples:
+        >>> receptive_field(keras_alexnet.AlexNet(), "conv5")
+        ReceptiveField(size=(163, 163), stride=(16, 16), offset=(-64, -64))
     """
     size, stride, offset = [1, 1], [1, 1], [0, 0]
     for path_layer in layer_path(model, layer):
@@ -182,10 +181,9 @@ def top_activating_patches(model, dataset, layer, feature_map, count=9, fill=Non
     Returns:
         A `TopPatches`.
 
-    Example:
-
-    >>> top = top_activating_patches(model, validation_batches, "conv5", feature_map=17)
-    >>> plotting.plot_images(scale_to_unit_range(top.patches, axis=(1, 2, 3)))
+    Examples:
+        >>> top = top_activating_patches(model, validation_batches, "conv5", feature_map=17)
+        >>> plotting.plot_images(scale_to_unit_range(top.patches, axis=(1, 2, 3)))
     """
     check_positive_int("count", count)
     if fill is None:

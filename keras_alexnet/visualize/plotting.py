@@ -49,10 +49,9 @@ def plot_kernels(model, layer="conv1", columns=16):
     kernel pixel, the mosaic filling its width, so it has no margins to
     crop.
 
-    Example:
-
-    >>> figure = plot_kernels(model)
-    >>> figure.savefig("conv1.png")
+    Examples:
+        >>> figure = plot_kernels(model)
+        >>> figure.savefig("conv1.png")
     """
     plt = _pyplot()
     mosaic = kernel_mosaic(model, layer, columns=columns)
@@ -76,9 +75,8 @@ def plot_kernels(model, layer="conv1", columns=16):
 def plot_images(images, titles=None, columns=None):
     """A grid of images (patches, projections), each scaled to its own range.
 
-    Example:
-
-    >>> figure = plot_images(top_activating_patches(model, batches, "conv5", 3).patches)
+    Examples:
+        >>> figure = plot_images(top_activating_patches(model, batches, "conv5", 3).patches)
     """
     images = np.asarray(images)
     columns = columns or int(np.ceil(np.sqrt(len(images))))
@@ -104,11 +102,10 @@ def plot_predictions(images, classes, probabilities, class_names=None, neighbors
         neighbors: optional `(queries, k, H, W, 3)`, e.g.
             `images_at(dataset, nearest_neighbors(...)[0])`.
 
-    Example:
-
-    >>> classes, probabilities = top_predictions(model, queries)
-    >>> indices, _ = nearest_neighbors(model, queries, train)
-    >>> plot_predictions(queries, classes, probabilities, names, images_at(train, indices))
+    Examples:
+        >>> classes, probabilities = top_predictions(model, queries)
+        >>> indices, _ = nearest_neighbors(model, queries, train)
+        >>> plot_predictions(queries, classes, probabilities, names, images_at(train, indices))
     """
     plt = _pyplot()
     neighbour_count = 0 if neighbors is None else np.asarray(neighbors).shape[1]
@@ -142,9 +139,8 @@ def plot_occlusion(image, maps, class_names=None):
     position the total activation of the strongest feature map, the
     probability of the true class and the most probable class.
 
-    Example:
-
-    >>> plot_occlusion(image, occlusion_sensitivity(model, image, label=3), names)
+    Examples:
+        >>> plot_occlusion(image, occlusion_sensitivity(model, image, label=3), names)
     """
     plt = _pyplot()
     height, width = np.asarray(image).shape[:2]

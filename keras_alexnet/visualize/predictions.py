@@ -61,10 +61,9 @@ def top_predictions(model, images, k=5, batch_size=DEFAULT_BATCH_SIZE):
         `(classes, probabilities)`: int and float arrays `(batch, k)`, most
         probable first.
 
-    Example:
-
-    >>> classes, probabilities = top_predictions(model, images)
-    >>> plotting.plot_predictions(images, classes, probabilities, source.class_names)
+    Examples:
+        >>> classes, probabilities = top_predictions(model, images)
+        >>> plotting.plot_predictions(images, classes, probabilities, source.class_names)
     """
     check_classifier(model)
     check_positive_int("k", k)
@@ -110,11 +109,10 @@ def nearest_neighbors(model, queries, dataset, layer="fc7", k=6,
         `(indices, distances)`: int and float arrays `(queries, k)`, nearest
         first. Indices count images in the dataset's iteration order.
 
-    Example:
-
-    >>> train = presets.EvalPreset(67, 76).dataset(source.train, batch_size=64)
-    >>> indices, distances = nearest_neighbors(model, queries, train, k=6)
-    >>> neighbours = images_at(train, indices)     # (queries, 6, 67, 67, 3)
+    Examples:
+        >>> train = presets.EvalPreset(67, 76).dataset(source.train, batch_size=64)
+        >>> indices, distances = nearest_neighbors(model, queries, train, k=6)
+        >>> neighbours = images_at(train, indices)     # (queries, 6, 67, 67, 3)
     """
     check_positive_int("k", k)
     check_positive_int("batch_size", batch_size)

@@ -136,11 +136,10 @@ def layer_probe(model, data, layers=None, l2=0.01, batch_size=DEFAULT_BATCH_SIZE
     Returns:
         `{layer name: validation accuracy}`, in the order of `layers`.
 
-    Example:
-
-    >>> model = keras_alexnet.AlexNet(input_shape=(67, 67, 3), classes=10)
-    >>> accuracy = layer_probe(model, keras_alexnet.data.default_dataset())
-    >>> accuracy["conv5"]   # chance is 0.1; random weights already do better
+    Examples:
+        >>> model = keras_alexnet.AlexNet(input_shape=(67, 67, 3), classes=10)
+        >>> accuracy = layer_probe(model, keras_alexnet.data.default_dataset())
+        >>> accuracy["conv5"]   # chance is 0.1; random weights already do better
     """
     if layers is None:
         layers = [layer.name for layer in model.layers[:-1] if layer.weights]
