@@ -1,5 +1,6 @@
-"""The package surface: every name the README uses, from a fresh `import keras_alexnet`,
-which imports nothing heavy beyond what Keras itself does."""
+"""The package surface: every name the README and the docs use, from a fresh
+`import keras_alexnet`, which imports nothing heavy beyond what Keras itself does;
+and the docs site builds (`mkdocs build --strict`)."""
 
 import os
 import re
@@ -14,16 +15,19 @@ import keras_alexnet
 ROOT = Path(__file__).resolve().parents[1]
 
 
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def readme_names():
-    """Every `keras_alexnet.a.b` the README writes, down to the last attribute."""
-    text = (ROOT / "README.md").read_text()
+    """Every `keras_alexnet.a.b` the README and the guides write, down to the last attribute."""
+    text = "\n".join(document.read_text() for document in DOCUMENTS)
     return sorted(set(re.findall(r"\bkeras_alexnet(?:\.[A-Za-z_]\w*)+", text)))
 
 
 @pytest.mark.backend_independent
 def test_every_readme_name_resolves_after_a_plain_import():
     names = readme_names()
-    assert "keras_alexnet.augment.PCALighting" in names  # the README does use dotted names
+    assert "keras_alexnet.augment.PCALighting" in names  # the docs do use dotted names
     script = (
         "import functools, sys, keras\n"
         "before = set(sys.modules)\n"
