@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet.data.source import (NOTHING_DECODES, NoUsableImagesError, Source, Split,
-                                       read_each_epoch)
+                                       listing_digest, read_each_epoch)
 
 TRAIN_SPLIT = "train"
 # Extensions of the formats TensorFlow decodes; a folder with none of them
@@ -248,6 +248,9 @@ def image_folder(root, validation_fraction=0.1, seed=0):
       followed, each folder once (a link cycle ends there). File names that
       are not valid UTF-8 are skipped and named.
 
+    Its `Source.identity` is the resolved folder and a digest of each
+    split's file names and sizes: what `prepare` checks when it resumes.
+
     Args:
         root: the folder.
         validation_fraction: without a validation folder, the fraction of
@@ -326,11 +329,17 @@ def image_folder(root, validation_fraction=0.1, seed=0):
         shown = ", ".join(repr(path) for path in undecodable[:10])
         warnings.warn(f"Skipped {len(undecodable)} file(s) whose names are not valid UTF-8 "
                       f"(TensorFlow cannot open them): {shown}", stacklevel=2)
+    files_by_split = {"train": files}
     source_splits = {"train": _split(files, labels)}
     if validation[0]:
+        files_by_split["validation"] = validation[0]
         source_splits["validation"] = _split(*validation)
+    # Resolved now: the files are named relative to the working folder of this call.
+    resolved = str(root.resolve())
     return Source(splits=source_splits, class_names=class_names,
-                  skipped=[os.fsdecode(path) for path in undecodable], name=name)
+                  skipped=[os.fsdecode(path) for path in undecodable], name=name,
+                  identify=lambda: {"path": resolved,
+                                    "files": listing_digest(root, files_by_split)})
 
 
 def _held_out(labels, num_classes, fraction, seed):

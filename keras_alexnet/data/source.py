@@ -1,6 +1,8 @@
 """`Source`: a labelled image dataset, read split by split."""
 
 import dataclasses
+import functools
+import hashlib
 import os
 from typing import Callable
 
@@ -63,7 +65,10 @@ class Source:
         skipped: files left out when the source was listed (names that are
             not valid UTF-8, say). Files that turn out not to decode are
             skipped later, as the pipeline meets them (see `examples`).
-        name: a short description (folder path or TFDS name).
+        name: a short description (folder path or TFDS name), as given:
+            `"ds"` and its absolute path are two names of one source.
+        identify: `identify() -> dict` of what tells this source from any
+            other (see `identity`); `None` where only the name does.
         prepared_size: set where every image is already a `prepared_size` x
             `prepared_size` square (a prepared folder, in any format): the
             `resize_size` to train it with, since any other would resize
@@ -81,6 +86,20 @@ class Source:
     name: str = ""
     prepared_size: int | None = None
     jpeg_size: int | None = None
+    identify: Callable | None = dataclasses.field(default=None, repr=False)
+
+    @functools.cached_property
+    def identity(self):
+        """What this source is, as JSON: what `prepare` records and checks on resuming.
+
+        A folder's: its resolved path and, per split, a digest of its files'
+        names (relative to the folder) and sizes (`listing_digest`), computed
+        when first asked (a `stat` per file), not when the folder is listed.
+        A prepared folder's: the same, of its shards. A TFDS dataset's: its
+        full name, version, and the split it reads as each split, with its
+        size. A source without `identify`: its name.
+        """
+        return {"name": self.name} if self.identify is None else self.identify()
 
     @property
     def num_classes(self):
@@ -173,6 +192,25 @@ class Source:
     def validation(self):
         """The validation examples in order, or `None` if the source has none."""
         return self.examples("validation") if "validation" in self.splits else None
+
+
+def listing_digest(root, files_by_split):
+    """`{split: SHA-256 of its files' names relative to `root`, in order, and sizes}`.
+
+    Two folders of the same classes and counts give other digests unless
+    they hold the same files; one folder named two ways gives one.
+    """
+    digests = {}
+    for split, files in files_by_split.items():
+        digest = hashlib.sha256()
+        for file in files:
+            try:
+                size = os.stat(file).st_size
+            except OSError:  # gone since the listing: a change like any other
+                size = -1
+            digest.update(f"{os.path.relpath(file, root)}\0{size}\n".encode())
+        digests[split] = digest.hexdigest()
+    return digests
 
 
 def read_each_epoch(read_epoch, shuffle, seed, epoch):
