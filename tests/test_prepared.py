@@ -648,3 +648,19 @@ def test_a_folder_prepared_by_the_previous_version_is_read_and_never_resumed(fol
     with pytest.raises(data.PreparedFolderError, match="earlier version"):
         data.prepare(source, target, size=SIZE, images_per_shard=10)
     assert _files(target) == before
+
+
+@pytest.mark.backend_independent
+def test_a_plan_json_of_another_program_is_not_taken_for_a_preparation(tmp_path):
+    root = data.write_synthetic_image_folder(tmp_path / "images", classes=2,
+                                             images_per_class=3, image_size=(16, 16))
+    for foreign in ('{"steps": ["label", "train"]}', "not json"):
+        (root / "plan.json").write_text(foreign)
+        assert not data.is_prepared(root)
+        source = data.from_arguments(data=root)
+        assert source.counts == data.image_folder(root).counts
+        with pytest.raises(FileNotFoundError, match="Not a prepared folder"):
+            data.prepared(root)
+        with pytest.raises(data.PreparedFolderError, match="holds no preparation"):
+            data.prepare(source, root, size=SIZE)
+        assert (root / "plan.json").read_text() == foreign

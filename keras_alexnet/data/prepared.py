@@ -264,13 +264,13 @@ def _check_directory(directory, plan):
         return None
     if not directory.is_dir():
         raise PreparedFolderError(f"{directory} exists and is not a folder.")
-    recorded = _read_json(directory / PLAN)
+    recorded = _our_plan(directory)
     if recorded is None:
         # A lock alone is what a prepare killed before its plan leaves.
         if any(entry.name != LOCK for entry in directory.iterdir()):
             raise PreparedFolderError(
-                f"{directory} is not empty and holds no preparation ({PLAN} is missing); "
-                "prepare into a new or empty folder (nothing was changed)."
+                f"{directory} is not empty and holds no preparation (no {PLAN} written by "
+                "keras-alexnet); prepare into a new or empty folder (nothing was changed)."
             )
         return None
     finished = _read_json(directory / METADATA)
@@ -467,10 +467,27 @@ def _write_json_atomically(path, content):
 # ------------------------------------------------------------------- reading
 
 
+def _our_plan(directory):
+    """The plan in `directory/plan.json` if `prepare` wrote it, else `None`.
+
+    Another program's folder may hold a `plan.json` of its own: only our
+    `"format"` marks one of ours.
+    """
+    try:
+        plan = json.loads((directory / PLAN).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) and plan.get("format") == FORMAT else None
+
+
 def is_prepared(directory):
-    """Whether `directory` holds a preparation (finished or not): `train.py --data` asks."""
+    """Whether `directory` holds a preparation (finished or not): `train.py --data` asks.
+
+    A folder is one of ours by its metadata file's name or by a `plan.json`
+    with our `"format"`, not by a `plan.json` alone.
+    """
     directory = Path(os.path.expanduser(os.fspath(directory)))
-    return (directory / METADATA).exists() or (directory / PLAN).exists()
+    return (directory / METADATA).exists() or _our_plan(directory) is not None
 
 
 def prepared(directory, verify=False):
@@ -511,8 +528,8 @@ def prepared(directory, verify=False):
     directory = Path(os.path.expanduser(os.fspath(directory)))
     metadata = _read_json(directory / METADATA)
     if metadata is None:
-        if (directory / PLAN).exists():
-            plan = _read_json(directory / PLAN)
+        plan = _our_plan(directory)
+        if plan is not None:
             raise PreparedFolderError(
                 f"{directory} is not completely prepared (prepare was interrupted); run "
                 f"prepare again with its source ({plan.get('source')}) to finish it."
