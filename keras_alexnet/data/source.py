@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import re
 from typing import Callable
 
 import tensorflow as tf
@@ -146,10 +147,9 @@ class Source:
             raise NoUsableImagesError(f"The {split!r} split of {self.name} holds no image.")
         try:
             # Names met on the way are named again by the pipelines that read them.
-            found = any(True for _ in self.examples(split, skipped_log=os.devnull).take(1))
-        except tf.errors.InvalidArgumentError as error:
-            if NOTHING_DECODES not in error.message:  # not a folder's own check
-                raise
+            found = any(True for _ in iterate_usable(
+                self.examples(split, skipped_log=os.devnull).take(1)))
+        except NoUsableImagesError:
             found = False
         if not found:
             raise NoUsableImagesError(
@@ -192,6 +192,22 @@ class Source:
     def validation(self):
         """The validation examples in order, or `None` if the source has none."""
         return self.examples("validation") if "validation" in self.splits else None
+
+
+def iterate_usable(dataset):
+    """Iterates `dataset`; a folder's pipeline where no file decodes raises `NoUsableImagesError`.
+
+    The pipeline checks it with a TensorFlow assertion (see `folder.py`),
+    which would end in an `InvalidArgumentError` and its graph trace; this
+    raises its message alone. Any other error is raised as it is.
+    """
+    try:
+        yield from dataset
+    except tf.errors.InvalidArgumentError as error:
+        found = re.search(r"\[([^\[\]]*" + re.escape(NOTHING_DECODES) + r")\]", error.message)
+        if found is None:  # not a folder's own check
+            raise
+        raise NoUsableImagesError(found.group(1)) from None
 
 
 def listing_digest(root, files_by_split):
