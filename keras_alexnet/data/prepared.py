@@ -112,10 +112,11 @@ def prepare(source, directory, size=256, format="jpeg", quality=95, images_per_s
     It resumes: a killed or failed `prepare` (a full disk, say: the error
     says so and what is kept) continues, given the same source (the same
     `Source.identity`: for a folder, the same resolved path and files of the
-    same names and sizes) and settings, with the shards not yet complete. A folder holding a
-    preparation of another source, size, format or shard size is refused
-    with the differences named, and a folder holding anything else is
-    refused too: nothing is overwritten. A finished folder is left as it is.
+    same names and sizes, however the path is written) and settings, with
+    the shards not yet complete. A folder holding a preparation of another
+    source, size, format or shard size is refused with the differences
+    named, and a folder holding anything else is refused too: nothing is
+    overwritten. A finished folder is left as it is.
     One `prepare` writes a folder at a time: while one runs, another into
     the same folder raises `PreparedFolderError` (see `prepare.lock` in the
     module docstring).
@@ -295,9 +296,10 @@ def _check_directory(directory, plan):
     if differences:
         raise PreparedFolderError(
             f"{directory} holds a preparation of another source or with other settings; "
-            f"differences: {'; '.join(differences)}. (identity.files: a digest of the names "
-            "and sizes of each split's files.) Prepare into another folder, or delete this "
-            "one yourself (nothing was changed)."
+            f"differences: {'; '.join(differences)}. "
+            + ("(identity.files: a digest of the names and sizes of each split's files.) "
+               if any(line.startswith("identity.files") for line in differences) else "")
+            + "Prepare into another folder, or delete this one yourself (nothing was changed)."
         )
     return finished
 

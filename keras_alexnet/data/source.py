@@ -64,8 +64,9 @@ class Source:
         splits: `{"train": Split, "validation": Split}` (validation optional).
         class_names: label index -> class name.
         skipped: files left out when the source was listed (names that are
-            not valid UTF-8, say), and folders that could not be read. Files that turn out not to decode are
-            skipped later, as the pipeline meets them (see `examples`).
+            not valid UTF-8, say), and folders that could not be read.
+            Files that turn out not to decode are skipped later, as the
+            pipeline meets them (see `examples`).
         name: a short description (folder path or TFDS name), as given:
             `"ds"` and its absolute path are two names of one source.
         identify: `identify() -> dict` of what tells this source from any
