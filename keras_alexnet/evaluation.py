@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from keras_alexnet.data.source import iterate_usable
 from keras_alexnet.distribute import model_outputs
 from keras_alexnet.models import normalizes_inputs
 
@@ -29,10 +30,16 @@ def predict_probabilities(model, dataset, from_logits=False):
     batches of pixel values in [0, 255]: `EvalPreset.for_model(model)`.
     Works under any `keras.distribution`; over several processes every
     process passes the same dataset and gets every probability.
+
+    Raises:
+        NoUsableImagesError: the dataset reads a folder where not one file
+            decodes (`keras_alexnet.data.NoUsableImagesError`).
+        ValueError: the dataset is empty, or normalised for a model that
+            normalises itself.
     """
     takes_pixels = normalizes_inputs(model)
     all_probabilities, all_labels = [], []
-    for images, labels in dataset:
+    for images, labels in iterate_usable(dataset):
         images = np.asarray(images)
         # Pixel values are never negative; normalised images almost always are.
         if takes_pixels and images.min() < 0:
@@ -56,7 +63,10 @@ def predict_probabilities(model, dataset, from_logits=False):
 
 
 def evaluate(model, dataset, from_logits=False):
-    """`{"top1_error", "top5_error", "examples"}` of a model on a dataset."""
+    """`{"top1_error", "top5_error", "examples"}` of a model on a dataset.
+
+    See `predict_probabilities` for the dataset and the errors it raises.
+    """
     probabilities, labels = predict_probabilities(model, dataset, from_logits)
     return {
         "top1_error": top_k_error(probabilities, labels, 1),

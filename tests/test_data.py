@@ -102,6 +102,36 @@ def test_file_names_that_are_not_utf8_are_skipped_and_named(tmp_path):
 
 
 @pytest.mark.backend_independent
+def test_folders_that_cannot_be_read_are_skipped_and_named(tmp_path, monkeypatch):
+    """Tests run as root, whom permissions do not stop: os.scandir refuses as it would."""
+    root = data.write_synthetic_image_folder(tmp_path / "d", classes=3, images_per_class=3,
+                                             image_size=(16, 16))
+    first, middle, last = sorted(root.iterdir())
+    (first / "more").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (first / "more" / name).write_bytes((first / "0000.jpg").read_bytes())
+    blocked = {str(first / "more"), str(last)}
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) in blocked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    readable = [os.path.join(folder, name) for folder, subfolders, names in os.walk(root)
+                if not any(folder.startswith(path) for path in blocked) for name in names]
+    with pytest.warns(UserWarning, match=r"2 folder\(s\) that cannot be read.*Permission"):
+        source = data.image_folder(root, validation_fraction=0.0)
+    assert sorted(source.skipped) == sorted(blocked)
+    assert source.counts == {"train": len(readable)}
+    assert source.class_names == [path.name for path in (first, middle, last)]
+    with pytest.warns(UserWarning, match=r"cannot be read.*more"):
+        files, _ = data.folder.list_files(first)
+    assert files == sorted(str(first / name) for name in os.listdir(first) if name != "more")
+
+
+@pytest.mark.backend_independent
 def test_split_folders_are_never_classes(tmp_path):
     for split, count in (("train", 3), ("test", 2)):
         data.write_synthetic_image_folder(tmp_path / split, classes=2, images_per_class=count,

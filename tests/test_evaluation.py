@@ -54,3 +54,22 @@ def test_a_self_normalising_model_refuses_normalised_images():
         evaluate(wrapped, twice)
     pixels = EvalPreset.for_model(wrapped).dataset(examples, 2)
     assert evaluate(wrapped, pixels) == evaluate(model, pixels)
+
+
+@pytest.mark.backend_independent
+def test_a_folder_where_nothing_decodes_is_a_clear_error(tmp_path):
+    from keras_alexnet import data
+    from keras_alexnet.evaluation import predict_probabilities
+    from keras_alexnet.presets import EvalPreset
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0.jpg").write_bytes(b"not an image")
+    source = data.image_folder(tmp_path, validation_fraction=0)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2, activation="softmax")])
+    dataset = EvalPreset(crop_size=8, resize_size=8).dataset(source.examples("train"), 2)
+    for function in (evaluate, predict_probabilities):
+        with pytest.raises(data.NoUsableImagesError,
+                           match=rf"No file of this split \(2 files, e\.g\. {tmp_path}"):
+            function(model, dataset)

@@ -151,6 +151,10 @@ def test_a_tfds_dataset_is_prepared_range_by_range(tmp_path, monkeypatch):
     assert source.counts == {"train": 18, "validation": 6}
     data.prepare(source, tmp_path / "prepared", size=16, format="png", images_per_shard=5,
                  log=lambda line: None)
+    info = tfds.builder("numbered_squares", data_dir=str(tmp_path / "tfds")).info
+    assert json.loads((tmp_path / "prepared" / "plan.json").read_text())["identity"] == {
+        "tfds": info.full_name, "version": str(info.version),
+        "splits": {"train": ["train[:75%]", 18], "validation": ["train[75%:]", 6]}}
     prepared = data.prepared(tmp_path / "prepared")
     for split in ("train", "validation"):  # what TFDS itself reads for the split
         assert (_numbers(_collect(prepared.examples(split)))
@@ -171,7 +175,7 @@ def test_a_folder_of_another_source_or_size_is_refused_and_left_alone(folder, tm
         data.prepare(source, target, size=20, images_per_shard=10)
     other = data.write_synthetic_image_folder(tmp_path / "other", classes=2,
                                               images_per_class=4, image_size=(20, 20))
-    with pytest.raises(data.PreparedFolderError, match=r"source: .*images' -> .*other'"):
+    with pytest.raises(data.PreparedFolderError, match=r"identity.path: .*images' -> .*other'"):
         data.prepare(data.image_folder(other), target, size=SIZE, images_per_shard=10)
     lines = []
     again = data.prepare(source, target, size=SIZE, images_per_shard=10, log=lines.append)
@@ -464,7 +468,7 @@ def test_train_py_prepares_and_trains_from_the_prepared_folder_at_its_size(folde
     assert settings["recipe"]["resize_size"] == 72
     # What --resume compares: the folder's identity, which another preparation changes.
     identity = data.prepared(target).identity
-    assert identity is not None and settings["source_identity"] == identity
+    assert settings["source_identity"] == {"files": identity["files"]}
     summary = json.loads((output / "summary.json").read_text())
     assert summary["examples"] == data.prepared(target).counts["validation"]
     # The files skipped when it was prepared are named in the run too.
@@ -572,3 +576,96 @@ def test_a_prepared_folder_that_cannot_be_created_is_refused_before_reading(fold
     with pytest.raises(ValueError, match=r"afile is not a folder"):
         data.prepare(source, tmp_path / "afile" / "prepared", size=SIZE)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["afile"]
+
+
+def _interrupt(target, shards_kept):
+    """Makes a finished preparation look stopped after its first `shards_kept` shards."""
+    (target / METADATA).unlink()
+    lines = (target / PROGRESS).read_text().splitlines(keepends=True)
+    (target / PROGRESS).write_text("".join(lines[:shards_kept]))
+    for line in lines[shards_kept:]:
+        (target / json.loads(line)["shard"]).unlink()
+
+
+def _twin_folders(base):
+    """Two folders `base/<a, b>/imgs` of the same classes and counts, other images."""
+    return [data.write_synthetic_image_folder(base / name / "imgs", classes=2,
+                                              images_per_class=6, image_size=(20, 20),
+                                              seed=seed)
+            for name, seed in (("a", 0), ("b", 1))]
+
+
+@pytest.mark.backend_independent
+def test_a_resumed_prepare_checks_the_source_by_its_folder_and_files(tmp_path, monkeypatch):
+    first, second = _twin_folders(tmp_path)
+    settings = dict(size=SIZE, format="png", images_per_shard=3, log=lambda line: None)
+    reference = tmp_path / "reference"
+    data.prepare(data.image_folder(first), reference, **settings)
+
+    # Begun as "imgs" from one working folder, resumed through its absolute path: the same source.
+    target = tmp_path / "prepared"
+    monkeypatch.chdir(first.parent)
+    data.prepare(data.image_folder("imgs"), target, **settings)
+    _interrupt(target, shards_kept=1)
+    monkeypatch.chdir(tmp_path)
+    data.prepare(data.image_folder(first), target, **settings)
+    shards = [path.name for path in reference.glob("*.tfrecord")]
+    assert shards and all((target / name).read_bytes() == (reference / name).read_bytes()
+                          for name in shards)
+
+    # "imgs" from another working folder: other images, same class names and counts.
+    _interrupt(target, shards_kept=1)
+    before = _files(target)
+    monkeypatch.chdir(second.parent)
+    other = data.image_folder("imgs")
+    assert other.name == "imgs" and other.counts == data.image_folder(first).counts
+    with pytest.raises(data.PreparedFolderError,
+                       match=rf"identity.path: '{re.escape(str(first.resolve()))}' -> "
+                             rf"'{re.escape(str(second.resolve()))}'.*identity.files.train"):
+        data.prepare(other, target, **settings)
+    # The same folder with one image changed.
+    monkeypatch.chdir(first.parent)
+    changed = sorted((first / "circle").iterdir())[0]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    with pytest.raises(data.PreparedFolderError, match=r"differences: identity.files.train"):
+        data.prepare(data.image_folder("imgs"), target, **settings)
+    assert _files(target) == before
+
+
+@pytest.mark.backend_independent
+def test_a_folder_prepared_by_the_previous_version_is_read_and_never_resumed(folder, tmp_path):
+    """Plans written before sources had an identity lack it: a finished folder is
+    read as it is; an unfinished one cannot tell which files it began with."""
+    source = _source(folder)
+    target = tmp_path / "prepared"
+    data.prepare(source, target, size=SIZE, images_per_shard=10, log=lambda line: None)
+    for name in (METADATA, "plan.json"):
+        recorded = json.loads((target / name).read_text())
+        del recorded["identity"]
+        (target / name).write_text(json.dumps(recorded))
+    lines = []
+    data.prepare(source, target, size=SIZE, images_per_shard=10, log=lines.append)
+    assert "already prepared" in lines[0]
+    assert data.prepared(target).class_names == source.class_names
+
+    _interrupt(target, shards_kept=1)
+    before = _files(target)
+    with pytest.raises(data.PreparedFolderError, match="earlier version"):
+        data.prepare(source, target, size=SIZE, images_per_shard=10)
+    assert _files(target) == before
+
+
+@pytest.mark.backend_independent
+def test_a_plan_json_of_another_program_is_not_taken_for_a_preparation(tmp_path):
+    root = data.write_synthetic_image_folder(tmp_path / "images", classes=2,
+                                             images_per_class=3, image_size=(16, 16))
+    for foreign in ('{"steps": ["label", "train"]}', "not json"):
+        (root / "plan.json").write_text(foreign)
+        assert not data.is_prepared(root)
+        source = data.from_arguments(data=root)
+        assert source.counts == data.image_folder(root).counts
+        with pytest.raises(FileNotFoundError, match="Not a prepared folder"):
+            data.prepared(root)
+        with pytest.raises(data.PreparedFolderError, match="holds no preparation"):
+            data.prepare(source, root, size=SIZE)
+        assert (root / "plan.json").read_text() == foreign

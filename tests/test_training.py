@@ -771,7 +771,7 @@ def test_resume_refuses_changed_data(tmp_path):
     source = data.image_folder(folder, validation_fraction=0.25)
     settings = {"recipe": dataclasses.asdict(recipe), "source": source.name,
                 "class_names": source.class_names, "counts": source.counts,
-                "source_identity": source.identity}
+                "source_identity": training.data_identity(source)}
     run = RunFolder(tmp_path / "run")
     assert training.check_resume(run, settings, recipe, source) is None
     Image.new("RGB", (80, 80)).save(folder / "red" / "4.jpg")
@@ -779,8 +779,9 @@ def test_resume_refuses_changed_data(tmp_path):
     assert grown.name == source.name and grown.class_names == source.class_names
     with pytest.raises(ValueError, match=r"train examples: 9 -> 10\. "):
         training.check_resume(run, settings, recipe, grown)
-    prepared_again = dataclasses.replace(source, identity="0f" * 32)
-    with pytest.raises(ValueError, match=r"prepared folder: None -> '0f0f"):
+    prepared_again = dataclasses.replace(source, prepared_size=72, identify=lambda: {
+        "path": "/prepared", "files": {"train": "0f" * 32}})
+    with pytest.raises(ValueError, match=r"prepared folder: None -> \{'files': \{'train': '0f0f"):
         training.check_resume(run, settings, recipe, prepared_again)
     # A run.json from before counts and identities were recorded.
     older = {key: settings[key] for key in ("recipe", "source", "class_names")}

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet.data.source import (NOTHING_DECODES, NoUsableImagesError, Source, Split,
-                                       read_each_epoch)
+                                       listing_digest, read_each_epoch)
 
 TRAIN_SPLIT = "train"
 # Extensions of the formats TensorFlow decodes; a folder with none of them
@@ -42,52 +42,68 @@ def _visible_subfolders(folder):
                       if not entry.name.startswith(".") and entry.is_dir())
 
 
-def _walk_files(folder, undecodable_names):
+def _walk_files(folder, undecodable_names, unreadable_folders):
     """Every visible file below `folder`, following links to folders once each.
 
     Hidden files and folders (`.ipynb_checkpoints/`, `.DS_Store`) are left
     out. Names that are not valid UTF-8 (which TensorFlow cannot take) go to
-    `undecodable_names`.
+    `undecodable_names`; folders that cannot be listed (no read permission)
+    go to `unreadable_folders`, as `(path, reason)`, and the rest is listed.
     """
     files = []
     visited = set()
     pending = [folder]
     while pending:
         current = pending.pop()
-        status = os.stat(current)
-        if (status.st_dev, status.st_ino) in visited:  # a link cycle, or two links
+        try:
+            status = os.stat(current)
+            if (status.st_dev, status.st_ino) in visited:  # a link cycle, or two links
+                continue
+            visited.add((status.st_dev, status.st_ino))
+            with os.scandir(current) as listing:
+                entries = list(listing)
+        except OSError as error:
+            unreadable_folders.append((current, error.strerror or str(error)))
             continue
-        visited.add((status.st_dev, status.st_ino))
-        with os.scandir(current) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    entry.path.encode("utf-8")
-                except UnicodeEncodeError:
-                    undecodable_names.append(os.fsencode(entry.path))
-                    continue
-                try:
-                    if entry.is_dir():
-                        pending.append(entry.path)
-                    elif entry.is_file():
-                        files.append(entry.path)
-                except OSError:  # a dangling link
-                    continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                entry.path.encode("utf-8")
+            except UnicodeEncodeError:
+                undecodable_names.append(os.fsencode(entry.path))
+                continue
+            try:
+                if entry.is_dir():
+                    pending.append(entry.path)
+                elif entry.is_file():
+                    files.append(entry.path)
+            except OSError:  # a dangling link
+                continue
     return sorted(files)
 
 
 def list_files(folder):
     """`(files, undecodable)`: every visible file below `folder`, sorted, as
     `image_folder` lists them (hidden ones left out, links followed once), and
-    the names that are not valid UTF-8 (bytes), which TensorFlow cannot open."""
-    undecodable = []
-    return _walk_files(folder, undecodable), undecodable
+    the names that are not valid UTF-8 (bytes), which TensorFlow cannot open.
+    Sub-folders that cannot be read are left out with a warning naming them."""
+    undecodable, unreadable = [], []
+    files = _walk_files(folder, undecodable, unreadable)
+    _warn_unreadable(unreadable)
+    return files, undecodable
 
 
-def _list_classes(root, class_names, undecodable_names):
+def _warn_unreadable(unreadable_folders):
+    if unreadable_folders:
+        shown = "; ".join(f"{path} ({reason})" for path, reason in unreadable_folders[:10])
+        warnings.warn(f"Skipped {len(unreadable_folders)} folder(s) that cannot be read, "
+                      f"and the files in them: {shown}", stacklevel=3)
+
+
+def _list_classes(root, class_names, undecodable_names, unreadable_folders):
     """`{class: [files]}` for the given class folders of `root` (missing ones empty)."""
-    return {name: _walk_files(os.path.join(root, name), undecodable_names)
+    return {name: _walk_files(os.path.join(root, name), undecodable_names, unreadable_folders)
             if os.path.isdir(os.path.join(root, name)) else []
             for name in class_names}
 
@@ -246,7 +262,11 @@ def image_folder(root, validation_fraction=0.1, seed=0):
     - Hidden files and folders (names starting with "."), such as
       `.ipynb_checkpoints/`, are left out. Links to files and folders are
       followed, each folder once (a link cycle ends there). File names that
-      are not valid UTF-8 are skipped and named.
+      are not valid UTF-8, and folders that cannot be read (no permission),
+      are skipped and named (`Source.skipped`, and a warning).
+
+    Its `Source.identity` is the resolved folder and a digest of each
+    split's file names and sizes: what `prepare` checks when it resumes.
 
     Args:
         root: the folder.
@@ -273,7 +293,7 @@ def image_folder(root, validation_fraction=0.1, seed=0):
             f"{root} has the split folder(s) {splits} but no train/; expected "
             f"{root}/train/<class>/ beside {root}/{splits[0]}/<class>/."
         )
-    undecodable = []
+    undecodable, unreadable = [], []
     if splits:
         ignored = [name for name in subfolders if name not in splits]
         if ignored:
@@ -289,7 +309,7 @@ def image_folder(root, validation_fraction=0.1, seed=0):
             f"{class_folder} has no class sub-folders; expected "
             f"{class_folder}/<class name>/<image files>."
         )
-    files_by_class = _list_classes(class_folder, class_names, undecodable)
+    files_by_class = _list_classes(class_folder, class_names, undecodable, unreadable)
     files, labels = _flatten(files_by_class, class_names)
     if not any(file.lower().endswith(IMAGE_EXTENSIONS) for file in files):
         raise NoUsableImagesError(
@@ -311,8 +331,8 @@ def image_folder(root, validation_fraction=0.1, seed=0):
                 f"{validation_folder} has class folder(s) that {class_folder} lacks; their "
                 f"images are left out (the model cannot predict them): {extra}",
                 stacklevel=2)
-        validation = _flatten(_list_classes(validation_folder, class_names, undecodable),
-                              class_names)
+        validation = _flatten(
+            _list_classes(validation_folder, class_names, undecodable, unreadable), class_names)
         name = f"{root} (train/, validation: {validation_name}/)"
     else:
         held_out = _held_out(labels, len(class_names), validation_fraction, seed)
@@ -326,11 +346,19 @@ def image_folder(root, validation_fraction=0.1, seed=0):
         shown = ", ".join(repr(path) for path in undecodable[:10])
         warnings.warn(f"Skipped {len(undecodable)} file(s) whose names are not valid UTF-8 "
                       f"(TensorFlow cannot open them): {shown}", stacklevel=2)
+    _warn_unreadable(unreadable)
+    files_by_split = {"train": files}
     source_splits = {"train": _split(files, labels)}
     if validation[0]:
+        files_by_split["validation"] = validation[0]
         source_splits["validation"] = _split(*validation)
+    # Resolved now: the files are named relative to the working folder of this call.
+    resolved = str(root.resolve())
     return Source(splits=source_splits, class_names=class_names,
-                  skipped=[os.fsdecode(path) for path in undecodable], name=name)
+                  skipped=[*(os.fsdecode(path) for path in undecodable),
+                           *(path for path, _ in unreadable)], name=name,
+                  identify=lambda: {"path": resolved,
+                                    "files": listing_digest(root, files_by_split)})
 
 
 def _held_out(labels, num_classes, fraction, seed):

@@ -11,10 +11,13 @@ only the window it crops (see `keras_alexnet.presets`).
 
 A prepared folder holds:
 
-- `plan.json`: written first: the source (its name, class names and the
-  counts its listing gave), the size, the format and the shard size. A
-  folder prepared from another source or at another size is refused, never
-  reused or overwritten.
+- `plan.json`: written first: the source (its name, its `Source.identity`:
+  for a folder, the resolved path and a digest of its files' names and
+  sizes; its class names and the counts its listing gave), the size, the
+  format and the shard size. A folder prepared from another source (another
+  folder, or the same one with other files) or at another size is refused,
+  never reused or overwritten; the name is not compared, so `"ds"` and its
+  absolute path are one source.
 - `<split>-<index>-of-<shards>.tfrecord`: the shards, each a range of a
   fixed order in which the classes are mixed (`Split.read_range`), as
   `tf.train.Example`s of `image` (encoded bytes), `label` and `key` (unique
@@ -50,7 +53,8 @@ import tensorflow as tf
 
 from keras_alexnet._validation import check_can_create, check_positive_int
 from keras_alexnet.data.folder import decode_rgb
-from keras_alexnet.data.source import NoUsableImagesError, Source, Split, read_each_epoch
+from keras_alexnet.data.source import (NoUsableImagesError, Source, Split, listing_digest,
+                                       read_each_epoch)
 
 FORMAT = "keras-alexnet-prepared"
 SCHEMA = 1
@@ -106,11 +110,13 @@ def prepare(source, directory, size=256, format="jpeg", quality=95, images_per_s
     (`NoUsableImagesError`) before anything is written.
 
     It resumes: a killed or failed `prepare` (a full disk, say: the error
-    says so and what is kept) continues, given the same source and
-    settings, with the shards not yet complete. A folder holding a
-    preparation of another source, size, format or shard size is refused
-    with the differences named, and a folder holding anything else is
-    refused too: nothing is overwritten. A finished folder is left as it is.
+    says so and what is kept) continues, given the same source (the same
+    `Source.identity`: for a folder, the same resolved path and files of the
+    same names and sizes, however the path is written) and settings, with
+    the shards not yet complete. A folder holding a preparation of another
+    source, size, format or shard size is refused with the differences
+    named, and a folder holding anything else is refused too: nothing is
+    overwritten. A finished folder is left as it is.
     One `prepare` writes a folder at a time: while one runs, another into
     the same folder raises `PreparedFolderError` (see `prepare.lock` in the
     module docstring).
@@ -234,7 +240,7 @@ def _plan(source, size, format, quality, images_per_shard):
                 "so it cannot be prepared resumably; prepare an image folder or a TFDS dataset."
             )
     return {
-        "format": FORMAT, "schema": SCHEMA, "source": source.name,
+        "format": FORMAT, "schema": SCHEMA, "source": source.name, "identity": source.identity,
         "class_names": list(source.class_names), "listed": source.counts,
         "size": size, "image_format": format, "quality": quality if format == "jpeg" else None,
         "images_per_shard": images_per_shard,
@@ -259,24 +265,55 @@ def _check_directory(directory, plan):
         return None
     if not directory.is_dir():
         raise PreparedFolderError(f"{directory} exists and is not a folder.")
-    recorded = _read_json(directory / PLAN)
+    recorded = _our_plan(directory)
     if recorded is None:
         # A lock alone is what a prepare killed before its plan leaves.
         if any(entry.name != LOCK for entry in directory.iterdir()):
             raise PreparedFolderError(
-                f"{directory} is not empty and holds no preparation ({PLAN} is missing); "
-                "prepare into a new or empty folder (nothing was changed)."
+                f"{directory} is not empty and holds no preparation (no {PLAN} written by "
+                "keras-alexnet); prepare into a new or empty folder (nothing was changed)."
             )
         return None
-    differences = [f"{key}: {recorded.get(key)!r} -> {value!r}" for key, value in plan.items()
-                   if recorded.get(key) != value]
+    finished = _read_json(directory / METADATA)
+    if "identity" in recorded:
+        # The name is how the source was given ("ds", or its absolute path), not what it is.
+        compared = [key for key in plan if key != "source"]
+    elif finished is None:
+        # The previous version identified a source by its name alone: whether
+        # the shards already written come from these files is unknown, and
+        # continuing could mix two datasets.
+        raise PreparedFolderError(
+            f"{directory} holds an unfinished preparation begun by an earlier version of "
+            "keras-alexnet, which did not record which files it was preparing, so it cannot "
+            "be continued safely: prepare into another folder, or delete this one yourself "
+            "(nothing was changed).")
+    else:
+        # A finished folder of the previous version is returned as it is, nothing
+        # written: the identity is unknown and not checked; its name is, as then.
+        compared = [key for key in plan if key != "identity"]
+    differences = _differences({key: recorded.get(key) for key in compared},
+                               {key: plan[key] for key in compared})
     if differences:
         raise PreparedFolderError(
             f"{directory} holds a preparation of another source or with other settings; "
-            f"differences: {'; '.join(differences)}. Prepare into another folder, or delete "
-            "this one yourself (nothing was changed)."
+            f"differences: {'; '.join(differences)}. "
+            + ("(identity.files: a digest of the names and sizes of each split's files.) "
+               if any(line.startswith("identity.files") for line in differences) else "")
+            + "Prepare into another folder, or delete this one yourself (nothing was changed)."
         )
-    return _read_json(directory / METADATA)
+    return finished
+
+
+def _differences(recorded, current, prefix=""):
+    """`["key: old -> new"]` for each value that differs, nested keys joined by dots."""
+    differences = []
+    for key in dict.fromkeys([*recorded, *current]):
+        old, new = recorded.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return differences
 
 
 def _read_progress(directory):
@@ -432,10 +469,27 @@ def _write_json_atomically(path, content):
 # ------------------------------------------------------------------- reading
 
 
+def _our_plan(directory):
+    """The plan in `directory/plan.json` if `prepare` wrote it, else `None`.
+
+    Another program's folder may hold a `plan.json` of its own: only our
+    `"format"` marks one of ours.
+    """
+    try:
+        plan = json.loads((directory / PLAN).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) and plan.get("format") == FORMAT else None
+
+
 def is_prepared(directory):
-    """Whether `directory` holds a preparation (finished or not): `train.py --data` asks."""
+    """Whether `directory` holds a preparation (finished or not): `train.py --data` asks.
+
+    A folder is one of ours by its metadata file's name or by a `plan.json`
+    with our `"format"`, not by a `plan.json` alone.
+    """
     directory = Path(os.path.expanduser(os.fspath(directory)))
-    return (directory / METADATA).exists() or (directory / PLAN).exists()
+    return (directory / METADATA).exists() or _our_plan(directory) is not None
 
 
 def prepared(directory, verify=False):
@@ -476,8 +530,8 @@ def prepared(directory, verify=False):
     directory = Path(os.path.expanduser(os.fspath(directory)))
     metadata = _read_json(directory / METADATA)
     if metadata is None:
-        if (directory / PLAN).exists():
-            plan = _read_json(directory / PLAN)
+        plan = _our_plan(directory)
+        if plan is not None:
             raise PreparedFolderError(
                 f"{directory} is not completely prepared (prepare was interrupted); run "
                 f"prepare again with its source ({plan.get('source')}) to finish it."
@@ -493,16 +547,19 @@ def prepared(directory, verify=False):
             f"The {empty[0]!r} split of {directory} holds no image: not one of its files "
             f"could be decoded when it was prepared from {metadata['source']}.")
     size, image_format = metadata["size"], metadata["image_format"]
-    splits = {name: _prepared_split([str(directory / shard) for shard in split["shards"]],
-                                    split["examples"], size, decode=image_format != "jpeg")
+    shards = {name: [str(directory / shard) for shard in split["shards"]]
+              for name, split in metadata["splits"].items()}
+    splits = {name: _prepared_split(shards[name], split["examples"], size,
+                                    decode=image_format != "jpeg")
               for name, split in metadata["splits"].items()}
     skipped = [*metadata.get("skipped_at_listing", []),
                *(name for split in metadata["splits"].values() for name in split["skipped"])]
+    resolved = str(directory.resolve())
     return Source(splits=splits, class_names=metadata["class_names"], skipped=skipped,
                   name=f"{directory} ({size}x{size} {image_format}, prepared from "
                        f"{metadata['source']})",
                   prepared_size=size, jpeg_size=size if image_format == "jpeg" else None,
-                  identity=hashlib.sha256((directory / METADATA).read_bytes()).hexdigest())
+                  identify=lambda: {"path": resolved, "files": listing_digest(directory, shards)})
 
 
 def _check_shards(directory, metadata, verify):

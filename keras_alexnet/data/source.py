@@ -1,7 +1,10 @@
 """`Source`: a labelled image dataset, read split by split."""
 
 import dataclasses
+import functools
+import hashlib
 import os
+import re
 from typing import Callable
 
 import tensorflow as tf
@@ -61,9 +64,13 @@ class Source:
         splits: `{"train": Split, "validation": Split}` (validation optional).
         class_names: label index -> class name.
         skipped: files left out when the source was listed (names that are
-            not valid UTF-8, say). Files that turn out not to decode are
-            skipped later, as the pipeline meets them (see `examples`).
-        name: a short description (folder path or TFDS name).
+            not valid UTF-8, say), and folders that could not be read.
+            Files that turn out not to decode are skipped later, as the
+            pipeline meets them (see `examples`).
+        name: a short description (folder path or TFDS name), as given:
+            `"ds"` and its absolute path are two names of one source.
+        identify: `identify() -> dict` of what tells this source from any
+            other (see `identity`); `None` where only the name does.
         prepared_size: set where every image is already a `prepared_size` x
             `prepared_size` square (a prepared folder, in any format): the
             `resize_size` to train it with, since any other would resize
@@ -73,9 +80,6 @@ class Source:
             `jpeg_size` JPEG (a prepared folder): `Split.read_units` then
             gives the JPEG bytes undecoded, so a preset can decode only the
             window it crops (`tf.image.decode_and_crop_jpeg`).
-        identity: set where the source records what it holds (a prepared
-            folder: the SHA-256 of its metadata, which lists every shard):
-            the same identity is the same data, in the same order.
     """
 
     splits: dict
@@ -84,7 +88,20 @@ class Source:
     name: str = ""
     prepared_size: int | None = None
     jpeg_size: int | None = None
-    identity: str | None = None
+    identify: Callable | None = dataclasses.field(default=None, repr=False)
+
+    @functools.cached_property
+    def identity(self):
+        """What this source is, as JSON: what `prepare` records and checks on resuming.
+
+        A folder's: its resolved path and, per split, a digest of its files'
+        names (relative to the folder) and sizes (`listing_digest`), computed
+        when first asked (a `stat` per file), not when the folder is listed.
+        A prepared folder's: the same, of its shards. A TFDS dataset's: its
+        full name, version, and the split it reads as each split, with its
+        size. A source without `identify`: its name.
+        """
+        return {"name": self.name} if self.identify is None else self.identify()
 
     @property
     def num_classes(self):
@@ -131,10 +148,9 @@ class Source:
             raise NoUsableImagesError(f"The {split!r} split of {self.name} holds no image.")
         try:
             # Names met on the way are named again by the pipelines that read them.
-            found = any(True for _ in self.examples(split, skipped_log=os.devnull).take(1))
-        except tf.errors.InvalidArgumentError as error:
-            if NOTHING_DECODES not in error.message:  # not a folder's own check
-                raise
+            found = any(True for _ in iterate_usable(
+                self.examples(split, skipped_log=os.devnull).take(1)))
+        except NoUsableImagesError:
             found = False
         if not found:
             raise NoUsableImagesError(
@@ -177,6 +193,41 @@ class Source:
     def validation(self):
         """The validation examples in order, or `None` if the source has none."""
         return self.examples("validation") if "validation" in self.splits else None
+
+
+def iterate_usable(dataset):
+    """Iterates `dataset`; a folder's pipeline where no file decodes raises `NoUsableImagesError`.
+
+    The pipeline checks it with a TensorFlow assertion (see `folder.py`),
+    which would end in an `InvalidArgumentError` and its graph trace; this
+    raises its message alone. Any other error is raised as it is.
+    """
+    try:
+        yield from dataset
+    except tf.errors.InvalidArgumentError as error:
+        found = re.search(r"\[([^\[\]]*" + re.escape(NOTHING_DECODES) + r")\]", error.message)
+        if found is None:  # not a folder's own check
+            raise
+        raise NoUsableImagesError(found.group(1)) from None
+
+
+def listing_digest(root, files_by_split):
+    """`{split: SHA-256 of its files' names relative to `root`, in order, and sizes}`.
+
+    Two folders of the same classes and counts give other digests unless
+    they hold the same files; one folder named two ways gives one.
+    """
+    digests = {}
+    for split, files in files_by_split.items():
+        digest = hashlib.sha256()
+        for file in files:
+            try:
+                size = os.stat(file).st_size
+            except OSError:  # gone since the listing: a change like any other
+                size = -1
+            digest.update(f"{os.path.relpath(file, root)}\0{size}\n".encode())
+        digests[split] = digest.hexdigest()
+    return digests
 
 
 def read_each_epoch(read_epoch, shuffle, seed, epoch):

@@ -122,7 +122,13 @@ def tfds_dataset(name, data_dir=None, manual_dir=None, train_split="train",
     if validation_split:
         source_splits["validation"] = reader(validation_split)
     return Source(splits=source_splits,
-                  class_names=list(builder.info.features[label_key].names), name=name)
+                  class_names=list(builder.info.features[label_key].names), name=name,
+                  identify=lambda: {
+                      "tfds": builder.info.full_name, "version": str(builder.info.version),
+                      "splits": {split: [spec, source_splits[split].count]
+                                 for split, spec in (("train", train_split),
+                                                     ("validation", validation_split))
+                                 if split in source_splits}})
 
 
 def _absolute_range(split, split_infos, start, stop):

@@ -42,7 +42,12 @@ from keras_alexnet.training.model import (
     takes_pixel_values,
 )
 from keras_alexnet.training.recipe import Recipe, default_image_size, trained_variant
-from keras_alexnet.training.resume import RESUMABLE_CHANGES, _recipe_changes, check_resume
+from keras_alexnet.training.resume import (
+    RESUMABLE_CHANGES,
+    _recipe_changes,
+    check_resume,
+    data_identity,
+)
 from keras_alexnet.training.run import train
 
 __all__ = ["Recipe", "NaNLossError", "RunFolderError", "train", "build_model",

@@ -22,13 +22,22 @@ def _recipe_changes(previous, recipe, pretrained=None):
             if previous.get(key) != value}
 
 
+def data_identity(source):
+    """What a prepared folder holds, wherever it is: `Source.identity` without its
+    path (its shards' names and sizes), so a moved folder resumes and one
+    prepared again does not; `None` for other sources, whose counts are compared."""
+    if source.prepared_size is None:
+        return None
+    return {key: value for key, value in source.identity.items() if key != "path"}
+
+
 def check_resume(run, settings, recipe, source, pretrained=None):
     """Raises ValueError if `recipe` or `source` would change a run being resumed.
 
     Only `RESUMABLE_CHANGES` (more epochs, the learning rate) may differ from
     `run.json`, and a run that has done all its epochs continues only with
     more. The source must hold the run's data: the same name, class names,
-    examples per split and (a prepared folder) `Source.identity`.
+    examples per split and (a prepared folder) its shards (`data_identity`).
     `pretrained`: the weights file of `recipe.fine_tune`, read.
     Returns a message about what changes, or `None`.
     """
@@ -45,8 +54,8 @@ def check_resume(run, settings, recipe, source, pretrained=None):
     recorded_counts = settings.get("counts", source.counts)
     data = [("source", settings["source"], source.name),
             ("class_names", settings["class_names"], source.class_names),
-            ("prepared folder", settings.get("source_identity", source.identity),
-             source.identity)]
+            ("prepared folder", settings.get("source_identity", data_identity(source)),
+             data_identity(source))]
     data += [(f"{split} examples", recorded_counts.get(split), source.counts.get(split))
              for split in sorted(set(recorded_counts) | set(source.counts))]
     for key, old, new in data:

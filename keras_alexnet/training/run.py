@@ -38,7 +38,7 @@ from keras_alexnet.training.callbacks import (
 from keras_alexnet.training.datasets import make_datasets
 from keras_alexnet.training.model import build_model, check_fine_tune, takes_pixel_values
 from keras_alexnet.training.recipe import trained_variant
-from keras_alexnet.training.resume import check_resume
+from keras_alexnet.training.resume import check_resume, data_identity
 
 
 def train(recipe, source, output, resume=False, overwrite=False, distribute="none",
@@ -152,7 +152,7 @@ def train(recipe, source, output, resume=False, overwrite=False, distribute="non
         run.write_settings({
             "recipe": dataclasses.asdict(recipe), "source": source.name,
             "class_names": source.class_names, "counts": source.counts,
-            "source_identity": source.identity, "arguments": arguments or {},
+            "source_identity": data_identity(source), "arguments": arguments or {},
             "backend": keras.backend.backend(), "distribute": distribute, "replicas": replicas,
             "model_parallel": model_parallel if distribute == "model-parallel" else None,
             "processes": num_processes, "export": export,
