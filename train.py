@@ -398,7 +398,9 @@ def main(argv=None):
     for key, (valid, bound) in NUMERIC_OPTIONS.items():
         value = getattr(args, key)
         if value is not None and not valid(value):
-            parser.error(f"--{key.replace('_', '-')} must be {bound}. Received: {value}")
+            print(f"error: --{key.replace('_', '-')} must be {bound}. Received: {value}",
+                  file=sys.stderr)
+            return 2
     if args.resume and not args.output:
         parser.error("--resume needs --output: the run folder to continue.")
     if args.data:
