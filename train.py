@@ -25,7 +25,8 @@ gets its own folder, runs/<data>-<date>-<time> unless --output names one.
 export included): `--output DIR --resume` alone continues it; arguments given
 again must agree, except more --epochs, --lr and the devices and processes.
 --prepare DIR writes the --data or --dataset source (or the embedded one) once
-as squares of --resize-size (256) in DIR, and exits; --data DIR then trains
+as squares of --resize-size (256) in DIR (JPEG of --prepare-quality 95, or
+--prepare-format png), and exits; --data DIR then trains
 from it, at that --resize-size (another is refused). --prepare runs in one
 process: with several it is refused (exit code 2) before any process joins.
 With --data-service over several processes, each process receives its own
@@ -80,6 +81,8 @@ SESSION_ARGUMENTS = ("backend", "output", "resume", "overwrite", "cpu_devices", 
 # Held out per class for validation without --validation-fraction, when the
 # data has no validation split.
 VALIDATION_FRACTION = 0.1
+# The JPEG quality --prepare writes without --prepare-quality (data.prepare's).
+PREPARE_QUALITY = 95
 # The size --prepare writes without --resize-size: the paper's.
 PREPARE_SIZE = 256
 # A run over several processes stopped because one of them was lost.
@@ -104,6 +107,7 @@ NUMERIC_OPTIONS = {
     "num_processes": POSITIVE,
     "process_id": (lambda value: value >= 0, ">= 0"),
     "heartbeat_timeout": POSITIVE,
+    "prepare_quality": (lambda value: 1 <= value <= 100, "in [1, 100]"),
 }
 # Recipe fields set by command-line options of another name.
 RECIPE_OPTIONS = {"lr": "learning_rate", "init": "initialization"}
@@ -124,6 +128,11 @@ def parse_arguments(argv=None):
     data.add_argument("--prepare", metavar="DIR",
                       help="write the data once as --resize-size squares (256) in sharded "
                            "TFRecords in DIR, and exit; train with --data DIR (one process).")
+    data.add_argument("--prepare-format", choices=("jpeg", "png"),
+                      help="how --prepare encodes the squares: jpeg (the default; training "
+                           "decodes only each crop's window) or png (lossless, larger).")
+    data.add_argument("--prepare-quality", type=int, metavar="1-100",
+                      help="the JPEG quality of --prepare (95).")
     data.add_argument("--data-service", metavar="grpc://HOST:PORT",
                       help="make the training batches on a tf.data service (python -m "
                            "keras_alexnet.data_service).")
@@ -331,7 +340,12 @@ def prepare(args, data):
     try:
         source = data.from_arguments(args.data, args.dataset, args.data_dir, args.manual_dir,
                                      given_or(args.validation_fraction, VALIDATION_FRACTION))
-        data.prepare(source, args.prepare, size=given_or(args.resize_size, PREPARE_SIZE))
+        if args.prepare_quality is not None and args.prepare_format == "png":
+            raise ValueError("--prepare-quality is the JPEG quality; PNG is lossless. "
+                             "Received: --prepare-format png")
+        data.prepare(source, args.prepare, size=given_or(args.resize_size, PREPARE_SIZE),
+                     format=args.prepare_format or "jpeg",
+                     quality=given_or(args.prepare_quality, PREPARE_QUALITY))
     except (ValueError, FileNotFoundError, data.OfflineError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

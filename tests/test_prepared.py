@@ -669,3 +669,31 @@ def test_a_plan_json_of_another_program_is_not_taken_for_a_preparation(tmp_path)
         with pytest.raises(data.PreparedFolderError, match="holds no preparation"):
             data.prepare(source, root, size=SIZE)
         assert (root / "plan.json").read_text() == foreign
+
+
+@pytest.mark.backend_independent
+def test_train_py_prepares_png_or_jpeg_of_a_chosen_quality(folder, tmp_path, capsys):
+    import train as train_script
+
+    arguments = ["--data", str(folder), "--resize-size", "32", "--validation-fraction", "0.25"]
+    for name, options in (("png", ["--prepare-format", "png"]),
+                          ("jpeg50", ["--prepare-quality", "50"])):
+        assert train_script.main([*arguments, "--prepare", str(tmp_path / name), *options]) == 0
+    png = json.loads((tmp_path / "png" / METADATA).read_text())
+    jpeg = json.loads((tmp_path / "jpeg50" / METADATA).read_text())
+    assert (png["image_format"], png["quality"]) == ("png", None)
+    assert (jpeg["image_format"], jpeg["quality"]) == ("jpeg", 50)
+    # Both hold squares of the size asked for, in their own encoding.
+    first = next(iter(data.prepared(tmp_path / "png").validation))[0].numpy()
+    record = next(iter(tf.data.TFRecordDataset(
+        str(tmp_path / "jpeg50" / jpeg["splits"]["validation"]["shards"][0]))))
+    example = tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string)})
+    assert tf.io.decode_jpeg(example["image"]).shape == first.shape == (32, 32, 3)
+    capsys.readouterr()
+    for options, message in ((["--prepare-quality", "0"], "--prepare-quality must be in [1, 100]"),
+                             (["--prepare-format", "png", "--prepare-quality", "90"],
+                              "PNG is lossless")):
+        target = tmp_path / "refused"
+        assert train_script.main([*arguments, "--prepare", str(target), *options]) == 2
+        assert message in capsys.readouterr().err
+        assert not target.exists()
