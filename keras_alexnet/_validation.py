@@ -1,4 +1,4 @@
-"""Argument checks shared by the package's public functions."""
+"""Argument checks shared by the package's public functions, and the comparison of settings."""
 
 import os
 from pathlib import Path
@@ -29,3 +29,16 @@ def check_can_create(path, what):
     the nearest existing folder above it must be a writable folder."""
     existing = next(folder for folder in Path(path).parents if folder.exists())
     check_writable_folder(existing, what)
+
+
+def changed_leaves(first, second, prefix=""):
+    """`(dotted key, first's value, second's value)` for every leaf of two nested
+    dicts that differs, in the order of `first`'s keys, then `second`'s new ones."""
+    changes = []
+    for key in dict.fromkeys([*first, *second]):
+        old, new = first.get(key), second.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += changed_leaves(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append((f"{prefix}{key}", old, new))
+    return changes

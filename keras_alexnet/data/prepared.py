@@ -51,7 +51,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from keras_alexnet._validation import check_can_create, check_positive_int
+from keras_alexnet._validation import changed_leaves, check_can_create, check_positive_int
 from keras_alexnet.data.folder import decode_rgb
 from keras_alexnet.data.source import (NoUsableImagesError, Source, Split, listing_digest,
                                        read_each_epoch)
@@ -291,8 +291,8 @@ def _check_directory(directory, plan):
         # A finished folder of the previous version is returned as it is, nothing
         # written: the identity is unknown and not checked; its name is, as then.
         compared = [key for key in plan if key != "identity"]
-    differences = _differences({key: recorded.get(key) for key in compared},
-                               {key: plan[key] for key in compared})
+    differences = [f"{key}: {old!r} -> {new!r}" for key, old, new in changed_leaves(
+        {key: recorded.get(key) for key in compared}, {key: plan[key] for key in compared})]
     if differences:
         raise PreparedFolderError(
             f"{directory} holds a preparation of another source or with other settings; "
@@ -302,18 +302,6 @@ def _check_directory(directory, plan):
             + "Prepare into another folder, or delete this one yourself (nothing was changed)."
         )
     return finished
-
-
-def _differences(recorded, current, prefix=""):
-    """`["key: old -> new"]` for each value that differs, nested keys joined by dots."""
-    differences = []
-    for key in dict.fromkeys([*recorded, *current]):
-        old, new = recorded.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            differences += _differences(old, new, f"{prefix}{key}.")
-        elif old != new:
-            differences.append(f"{prefix}{key}: {old!r} -> {new!r}")
-    return differences
 
 
 def _read_progress(directory):

@@ -7,7 +7,7 @@ import os
 
 import keras
 
-from keras_alexnet._validation import check_positive_int
+from keras_alexnet._validation import changed_leaves, check_positive_int
 from keras_alexnet.distribute.collectives import _batch_and_model_shape
 from keras_alexnet.distribute.strategies import (
     MULTI_WORKER_MIRRORED_IS_BROKEN,
@@ -273,7 +273,8 @@ def start_together():
         yield agreed
     reference = answers[0]
     for index, answer in enumerate(answers[1:], start=1):
-        differences = _differences(reference, answer)
+        differences = [f"{key}: {mine!r} (process 0) vs {theirs!r}"
+                       for key, mine, theirs in changed_leaves(reference, answer)]
         if differences:
             raise ValueError(
                 f"Process {index} was started with other settings than process 0 "
@@ -302,18 +303,6 @@ def _all_or_none(stopped, error_type, value=None):
     if failed:
         raise error_type(f"{stopped}: {'; '.join(failed)}")
     answers.extend(answer["value"] for answer in exchanged)
-
-
-def _differences(reference, other, prefix=""):
-    """`"key: reference value vs other value"` for every leaf that differs."""
-    differences = []
-    for key in sorted(set(reference) | set(other)):
-        mine, theirs = reference.get(key), other.get(key)
-        if isinstance(mine, dict) and isinstance(theirs, dict):
-            differences += _differences(mine, theirs, f"{prefix}{key}.")
-        elif mine != theirs:
-            differences.append(f"{prefix}{key}: {mine!r} (process 0) vs {theirs!r}")
-    return differences
 
 
 class LostProcessError(RuntimeError):
