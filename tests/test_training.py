@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -219,17 +220,38 @@ def test_overwrite_deletes_only_a_keras_alexnet_runs_own_files(tmp_path):
     assert result.returncode == 2 and "not a keras-alexnet run folder" in result.stderr
     assert _tree(other) == before
 
-    # Our run with something of the user's added: refused, and the user's file named.
+    # Our run, with every kind of file a run writes (a killed run's temporary files too).
     run = RunFolder(tmp_path / "ours")
     run.create()
     run.write_settings({"recipe": {}})
-    (run / "log.csv").write_text("epoch\n")
-    (run / "tensorboard").mkdir()
-    (run / "my_notes.txt").write_text("mine")
-    with pytest.raises(training.RunFolderError, match=r"\['my_notes.txt'\]"):
+    written = ["log.csv", "log.csv.tmp", "best.keras", "best.json", "final.keras",
+               "summary.json", "skipped_files.txt", "backup/checkpoint.json",
+               "backup/checkpoint.json.tmp", "backup/epoch-0002.weights.h5",
+               "backup/epoch-0003.weights.h5.partial.weights.h5", "backup/partial-best.keras",
+               "tensorboard/train/events.out.tfevents.1796699556.host.23982.0.v2",
+               "tensorboard/validation/events.out.tfevents.1796699557.host.23982.1.v2",
+               "tensorboard/validation/events.out.tfevents.1796699557.host.23982.1.v2.tmp"]
+    for name in written:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(b"run")
+    # Something of the user's added, at any level: refused, named, and nothing deleted.
+    users = {"my_notes.txt": "my_notes.txt", "backup/NOTES.txt": "backup/NOTES.txt",
+             "tensorboard/mine/keep.txt": "tensorboard/mine",
+             "tensorboard/train/notes.txt": "tensorboard/train/notes.txt"}
+    for name in users:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("mine")
+    before = _tree(run.path)
+    result = run_train("--output", str(run.path), "--overwrite")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert repr(sorted(users.values())) in result.stderr
+    assert _tree(run.path) == before
+    with pytest.raises(training.RunFolderError, match=re.escape(repr(sorted(users.values())))):
         run.create(overwrite=True)
-    assert (run / "log.csv").exists()
-    (run / "my_notes.txt").unlink()
+    assert _tree(run.path) == before
+    for name in users:
+        (run / name).unlink()
+    (run / "tensorboard" / "mine").rmdir()
     run.create(overwrite=True)
     assert list(run.path.iterdir()) == []
 

@@ -15,6 +15,7 @@ from keras_alexnet.run_folder import (
     BACKUP,
     BEST_MODEL,
     BEST_SCORE,
+    PARTIAL_BEST_MODEL,
     restore_torch_random_states,
     write_json_atomically,
 )
@@ -146,7 +147,7 @@ class BestModel(keras.callbacks.Callback):
             if model is None:  # another process than process 0
                 return
             (self.run / BACKUP).mkdir(exist_ok=True)
-            temporary = self.run / BACKUP / f"partial-{BEST_MODEL}"
+            temporary = self.run / BACKUP / PARTIAL_BEST_MODEL
             model.save(temporary)
         os.replace(temporary, self.run / BEST_MODEL)
         write_json_atomically(self.run / BEST_SCORE,
