@@ -9,10 +9,13 @@ of the user's in `backup/` or `tensorboard/` too), naming it.
 The checkpoint a killed run resumes from is committed in one step: the
 weights (model and optimizer, learning rate included) go to a new file
 under `backup/`, then `backup/checkpoint.json` (epoch, weights file,
-learning-rate schedule state, best score) replaces the previous one
-atomically. Whatever was written after the last commit (a `log.csv` row,
-TensorBoard events of an epoch that did not finish) is rolled back on
-resume, so the log, the schedule and TensorBoard agree with the checkpoint.
+learning-rate schedule state, random generator states) replaces the
+previous one atomically. A new best model waits in `backup/` (`best.keras`,
+then its score in `best.json`) and is moved up beside `run.json` once the
+checkpoint of its epoch is committed (`settle_best`). Whatever was written
+after the last commit (a `log.csv` row, TensorBoard events, a best model of
+an epoch that did not finish) is rolled back on resume, so the log, the
+schedule, TensorBoard and the best model agree with the checkpoint.
 """
 
 import base64
@@ -56,7 +59,7 @@ _EVENTS = {r"events\.out\.tfevents\..+": None}
 RUN_FILES = {
     _exactly(SETTINGS, SUMMARY, LOG, BEST_MODEL, BEST_SCORE, FINAL_MODEL, SKIPPED_FILES): None,
     re.escape(BACKUP): {
-        _exactly(CHECKPOINT, PARTIAL_BEST_MODEL): None,
+        _exactly(CHECKPOINT, BEST_MODEL, BEST_SCORE, PARTIAL_BEST_MODEL): None,
         r"epoch-\d{4,}\.weights\.h5" + f"(?:{re.escape(PARTIAL_WEIGHTS_SUFFIX)})?": None,
     },
     re.escape(TENSORBOARD): {"train|validation": _EVENTS},
@@ -245,16 +248,45 @@ class RunFolder:
             "torch_random_states": _torch_random_states(), **state})
         if previous is not None and previous["weights"] != weights:
             (backup / previous["weights"]).unlink(missing_ok=True)
+        self.settle_best()
 
     def read_checkpoint(self):
         """The last committed checkpoint record, or `None` before the first epoch ends."""
-        try:
-            return json.loads((self.path / BACKUP / CHECKPOINT).read_text())
-        except FileNotFoundError:
-            return None
+        return _read_json(self.path / BACKUP / CHECKPOINT)
+
+    def _best_candidate(self):
+        """The record of the best model waiting in `backup/` (or `None`), and whether
+        the checkpoint has committed its epoch."""
+        candidate = _read_json(self.path / BACKUP / BEST_SCORE)
+        done = (self.read_checkpoint() or {}).get("epoch", 0)
+        return candidate, candidate is not None and candidate["epoch"] < done
+
+    def read_best(self):
+        """The best model's record (`monitor`, `value`, `epoch`) as of the last
+        checkpoint, or `None`; one committed but not yet moved up counts."""
+        candidate, committed = self._best_candidate()
+        return candidate if committed else _read_json(self.path / BEST_SCORE)
+
+    def settle_best(self):
+        """Moves the best model waiting in `backup/` up to `best.keras` and `best.json`
+        if the checkpoint has committed its epoch, else deletes it.
+
+        Called after each commit, and on resume for a run killed before or
+        after the commit of an epoch with a new best model.
+        """
+        backup = self.path / BACKUP
+        _, committed = self._best_candidate()
+        # The model first: a kill between the two moves leaves the record in
+        # backup/, which the resume then moves.
+        for name in (BEST_MODEL, BEST_SCORE):
+            if not committed:
+                (backup / name).unlink(missing_ok=True)
+            elif (backup / name).exists():
+                os.replace(backup / name, self.path / name)
 
     def restore_checkpoint(self, model, roll_back=True):
-        """Loads the committed weights into `model` and rolls the logs back to them.
+        """Loads the committed weights into `model`, rolls the logs back to them and
+        settles the best model (`settle_best`).
 
         `roll_back=False` only reads: for the processes of a run over
         several processes that do not write (all but process 0).
@@ -270,6 +302,7 @@ class RunFolder:
                 variable.assign(np.asarray(value, keras.ops.convert_to_numpy(variable).dtype))
         if roll_back:
             self.roll_back_logs(checkpoint["epoch"] if checkpoint else 0)
+            self.settle_best()
         return checkpoint
 
     def roll_back_logs(self, epochs):
@@ -288,6 +321,13 @@ class RunFolder:
         if tensorboard.is_dir():
             for events in tensorboard.rglob("events.out.tfevents.*"):
                 _drop_events_from_step(events, epochs)
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
 
 
 def _random_states(model):
