@@ -1,24 +1,28 @@
 """A training run's folder: what it holds, how it is recognised, resumed and cleared.
 
 A run folder is recognised by its `run.json`: only keras-alexnet writes one
-with `"format": "keras-alexnet-run"` and a schema number. Everything else in
-the folder is one of the entries `RUN_ENTRIES` names; `--overwrite` deletes
-exactly those and refuses a folder that holds anything more, naming it.
+with `"format": "keras-alexnet-run"` and a schema number. Everything else a
+run writes, at every level, has a name `RUN_FILES` describes; `--overwrite`
+deletes exactly those and refuses a folder that holds anything more (a file
+of the user's in `backup/` or `tensorboard/` too), naming it.
 
 The checkpoint a killed run resumes from is committed in one step: the
 weights (model and optimizer, learning rate included) go to a new file
 under `backup/`, then `backup/checkpoint.json` (epoch, weights file,
-learning-rate schedule state, best score) replaces the previous one
-atomically. Whatever was written after the last commit (a `log.csv` row,
-TensorBoard events of an epoch that did not finish) is rolled back on
-resume, so the log, the schedule and TensorBoard agree with the checkpoint.
+learning-rate schedule state, random generator states) replaces the
+previous one atomically. A new best model waits in `backup/` (`best.keras`,
+then its score in `best.json`) and is moved up beside `run.json` once the
+checkpoint of its epoch is committed (`settle_best`). Whatever was written
+after the last commit (a `log.csv` row, TensorBoard events, a best model of
+an epoch that did not finish) is rolled back on resume, so the log, the
+schedule, TensorBoard and the best model agree with the checkpoint.
 """
 
 import base64
 import csv
 import json
 import os
-import shutil
+import re
 from pathlib import Path
 
 import keras
@@ -36,10 +40,30 @@ SKIPPED_FILES = "skipped_files.txt"
 BACKUP = "backup"
 TENSORBOARD = "tensorboard"
 CHECKPOINT = "checkpoint.json"
-# Every entry a run writes at the top of its folder. Temporary files are
-# these names plus ".tmp".
-RUN_ENTRIES = (SETTINGS, SUMMARY, LOG, BEST_MODEL, BEST_SCORE, FINAL_MODEL, SKIPPED_FILES,
-               BACKUP, TENSORBOARD)
+PARTIAL_BEST_MODEL = f"partial-{BEST_MODEL}"
+# The weights of the checkpoint after N epochs, in `backup/`.
+WEIGHTS = "epoch-{:04d}.weights.h5"
+PARTIAL_WEIGHTS_SUFFIX = ".partial.weights.h5"
+
+
+def _exactly(*names):
+    return "|".join(re.escape(name) for name in names)
+
+
+# Keras' TensorBoard callback writes `train/` and `validation/`, each
+# holding event files (`events.out.tfevents.<time>.<host>.<pid>.<n>.v2`).
+_EVENTS = {r"events\.out\.tfevents\..+": None}
+# Everything a run writes, as a tree: a regular expression of names at each
+# level, mapped to what such a folder holds (`None`: a file). A file's name
+# plus ".tmp" is the temporary file it is written through.
+RUN_FILES = {
+    _exactly(SETTINGS, SUMMARY, LOG, BEST_MODEL, BEST_SCORE, FINAL_MODEL, SKIPPED_FILES): None,
+    re.escape(BACKUP): {
+        _exactly(CHECKPOINT, BEST_MODEL, BEST_SCORE, PARTIAL_BEST_MODEL): None,
+        r"epoch-\d{4,}\.weights\.h5" + f"(?:{re.escape(PARTIAL_WEIGHTS_SUFFIX)})?": None,
+    },
+    re.escape(TENSORBOARD): {"train|validation": _EVENTS},
+}
 
 
 class RunFolderError(RuntimeError):
@@ -54,8 +78,26 @@ def write_json_atomically(path, content):
     os.replace(temporary, path)
 
 
-def _is_run_entry(name):
-    return name in RUN_ENTRIES or (name.endswith(".tmp") and name[:-4] in RUN_ENTRIES)
+def _run_entries(folder, tree, foreign):
+    """The entries under `folder` that a run writes (`tree`: see `RUN_FILES`), each
+    folder after what it holds; appends the others to `foreign`, not looking inside."""
+    owned = []
+    for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
+        path = Path(entry.path)
+        is_folder = entry.is_dir(follow_symlinks=False)
+        name = entry.name
+        if not is_folder and name.endswith(".tmp"):
+            name = name[:-len(".tmp")]
+        kinds = [held for pattern, held in tree.items() if re.fullmatch(pattern, name)]
+        # A file where a run writes a folder is not the run's, nor the reverse; nor a
+        # symbolic link named like a run's folder (it leads elsewhere).
+        if not kinds or (kinds[0] is not None) != is_folder:
+            foreign.append(path)
+            continue
+        if is_folder:
+            owned += _run_entries(path, kinds[0], foreign)
+        owned.append(path)
+    return owned
 
 
 class RunFolder:
@@ -99,12 +141,18 @@ class RunFolder:
     def is_finished(self):
         return (self.path / SUMMARY).exists()
 
+    def entries(self):
+        """`(owned, foreign)`: the paths of what a run writes, each folder after what
+        it holds (the order to delete them in), and the relative names of everything
+        else (`backup/NOTES.txt`; a foreign folder without its contents)."""
+        owned, foreign = [], []
+        if self.path.is_dir():
+            owned = _run_entries(self.path, RUN_FILES, foreign)
+        return owned, sorted(path.relative_to(self.path).as_posix() for path in foreign)
+
     def foreign_entries(self):
-        """Names in the folder that a run does not write."""
-        if not self.path.is_dir():
-            return []
-        return sorted(entry.name for entry in os.scandir(self.path)
-                      if not _is_run_entry(entry.name))
+        """The entries in the folder that a run does not write (see `entries`)."""
+        return self.entries()[1]
 
     # ------------------------------------------------------------ checks
 
@@ -146,10 +194,11 @@ class RunFolder:
                 f"{self.path} already holds {state}; pass --resume to continue it or "
                 "--overwrite to start again."
             )
-        if settings is not None and overwrite and self.foreign_entries():
+        foreign = self.foreign_entries() if settings is not None and overwrite else []
+        if foreign:
             raise RunFolderError(
                 f"{self.path} holds a keras-alexnet run and also "
-                f"{self.foreign_entries()}, which a run does not write; --overwrite "
+                f"{foreign}, which a run does not write; --overwrite "
                 "deletes only a run's own files, so nothing was touched. Move those "
                 "elsewhere or choose another --output."
             )
@@ -163,13 +212,13 @@ class RunFolder:
         """Checks the folder, clears a previous run with `overwrite`, and makes it."""
         settings = self.check(resume, overwrite)
         if settings is not None and overwrite:
-            for entry in RUN_ENTRIES:
-                for name in (entry, entry + ".tmp"):
-                    target = self.path / name
-                    if target.is_dir() and not target.is_symlink():
-                        shutil.rmtree(target)
-                    elif target.exists() or target.is_symlink():
-                        target.unlink()
+            # One by one, not rmtree: a folder that something else wrote into since
+            # the check is not emptied (rmdir fails).
+            for path in self.entries()[0]:
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()
+                else:
+                    path.unlink()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -188,8 +237,8 @@ class RunFolder:
         backup = self.path / BACKUP
         backup.mkdir(exist_ok=True)
         previous = self.read_checkpoint()
-        weights = f"epoch-{epoch:04d}.weights.h5"
-        temporary = backup / f"{weights}.partial.weights.h5"
+        weights = WEIGHTS.format(epoch)
+        temporary = backup / f"{weights}{PARTIAL_WEIGHTS_SUFFIX}"
         model.save_weights(temporary)
         os.replace(temporary, backup / weights)
         random_states = [keras.ops.convert_to_numpy(variable).tolist()
@@ -199,16 +248,45 @@ class RunFolder:
             "torch_random_states": _torch_random_states(), **state})
         if previous is not None and previous["weights"] != weights:
             (backup / previous["weights"]).unlink(missing_ok=True)
+        self.settle_best()
 
     def read_checkpoint(self):
         """The last committed checkpoint record, or `None` before the first epoch ends."""
-        try:
-            return json.loads((self.path / BACKUP / CHECKPOINT).read_text())
-        except FileNotFoundError:
-            return None
+        return _read_json(self.path / BACKUP / CHECKPOINT)
+
+    def _best_candidate(self):
+        """The record of the best model waiting in `backup/` (or `None`), and whether
+        the checkpoint has committed its epoch."""
+        candidate = _read_json(self.path / BACKUP / BEST_SCORE)
+        done = (self.read_checkpoint() or {}).get("epoch", 0)
+        return candidate, candidate is not None and candidate["epoch"] < done
+
+    def read_best(self):
+        """The best model's record (`monitor`, `value`, `epoch`) as of the last
+        checkpoint, or `None`; one committed but not yet moved up counts."""
+        candidate, committed = self._best_candidate()
+        return candidate if committed else _read_json(self.path / BEST_SCORE)
+
+    def settle_best(self):
+        """Moves the best model waiting in `backup/` up to `best.keras` and `best.json`
+        if the checkpoint has committed its epoch, else deletes it.
+
+        Called after each commit, and on resume for a run killed before or
+        after the commit of an epoch with a new best model.
+        """
+        backup = self.path / BACKUP
+        _, committed = self._best_candidate()
+        # The model first: a kill between the two moves leaves the record in
+        # backup/, which the resume then moves.
+        for name in (BEST_MODEL, BEST_SCORE):
+            if not committed:
+                (backup / name).unlink(missing_ok=True)
+            elif (backup / name).exists():
+                os.replace(backup / name, self.path / name)
 
     def restore_checkpoint(self, model, roll_back=True):
-        """Loads the committed weights into `model` and rolls the logs back to them.
+        """Loads the committed weights into `model`, rolls the logs back to them and
+        settles the best model (`settle_best`).
 
         `roll_back=False` only reads: for the processes of a run over
         several processes that do not write (all but process 0).
@@ -224,6 +302,7 @@ class RunFolder:
                 variable.assign(np.asarray(value, keras.ops.convert_to_numpy(variable).dtype))
         if roll_back:
             self.roll_back_logs(checkpoint["epoch"] if checkpoint else 0)
+            self.settle_best()
         return checkpoint
 
     def roll_back_logs(self, epochs):
@@ -242,6 +321,13 @@ class RunFolder:
         if tensorboard.is_dir():
             for events in tensorboard.rglob("events.out.tfevents.*"):
                 _drop_events_from_step(events, epochs)
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
 
 
 def _random_states(model):

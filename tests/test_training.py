@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -219,17 +220,39 @@ def test_overwrite_deletes_only_a_keras_alexnet_runs_own_files(tmp_path):
     assert result.returncode == 2 and "not a keras-alexnet run folder" in result.stderr
     assert _tree(other) == before
 
-    # Our run with something of the user's added: refused, and the user's file named.
+    # Our run, with every kind of file a run writes (a killed run's temporary files too).
     run = RunFolder(tmp_path / "ours")
     run.create()
     run.write_settings({"recipe": {}})
-    (run / "log.csv").write_text("epoch\n")
-    (run / "tensorboard").mkdir()
-    (run / "my_notes.txt").write_text("mine")
-    with pytest.raises(training.RunFolderError, match=r"\['my_notes.txt'\]"):
+    written = ["log.csv", "log.csv.tmp", "best.keras", "best.json", "final.keras",
+               "summary.json", "skipped_files.txt", "backup/checkpoint.json",
+               "backup/checkpoint.json.tmp", "backup/epoch-0002.weights.h5",
+               "backup/epoch-0003.weights.h5.partial.weights.h5", "backup/partial-best.keras",
+               "backup/best.keras", "backup/best.json", "backup/best.json.tmp",
+               "tensorboard/train/events.out.tfevents.1796699556.host.23982.0.v2",
+               "tensorboard/validation/events.out.tfevents.1796699557.host.23982.1.v2",
+               "tensorboard/validation/events.out.tfevents.1796699557.host.23982.1.v2.tmp"]
+    for name in written:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(b"run")
+    # Something of the user's added, at any level: refused, named, and nothing deleted.
+    users = {"my_notes.txt": "my_notes.txt", "backup/NOTES.txt": "backup/NOTES.txt",
+             "tensorboard/mine/keep.txt": "tensorboard/mine",
+             "tensorboard/train/notes.txt": "tensorboard/train/notes.txt"}
+    for name in users:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("mine")
+    before = _tree(run.path)
+    result = run_train("--output", str(run.path), "--overwrite")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert repr(sorted(users.values())) in result.stderr
+    assert _tree(run.path) == before
+    with pytest.raises(training.RunFolderError, match=re.escape(repr(sorted(users.values())))):
         run.create(overwrite=True)
-    assert (run / "log.csv").exists()
-    (run / "my_notes.txt").unlink()
+    assert _tree(run.path) == before
+    for name in users:
+        (run / name).unlink()
+    (run / "tensorboard" / "mine").rmdir()
     run.create(overwrite=True)
     assert list(run.path.iterdir()) == []
 
@@ -521,21 +544,72 @@ def test_every_log_shows_the_rate_the_epoch_trained_at(tmp_path):
 
 
 @pytest.mark.backend_independent
+def _best_and_checkpoint(run):
+    """A small model with a run's BestModel and RunCheckpoint callbacks, in train's order."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    model.optimizer.build(model.trainable_variables)
+    callbacks = [training.BestModel(run, "val_top1"),
+                 training.RunCheckpoint(run, training.PlateauSchedule())]
+    for callback in callbacks:
+        callback.set_model(model)
+    return model, callbacks
+
+
+def _end_epoch(model, callbacks, epoch, score):
+    """Gives the model weights of its own for `epoch`, then ends the epoch with `score`."""
+    model.layers[0].kernel.assign(np.full((2, 1), epoch, "float32"))
+    for callback in callbacks:
+        callback.on_epoch_end(epoch, {"val_top1": score})
+
+
+def _best_model_epoch(run):
+    best = keras.saving.load_model(run / "best.keras")
+    return int(keras.ops.convert_to_numpy(best.layers[0].kernel)[0, 0])
+
+
 def test_best_model_is_replaced_only_by_a_better_one_across_resumes(tmp_path):
     run = RunFolder(tmp_path / "run").create()
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    first = training.BestModel(run, "val_top1")
-    first.set_model(model)
-    first.on_epoch_end(0, {"val_top1": 0.8})
+    _end_epoch(*_best_and_checkpoint(run), 0, 0.8)
     saved = (run / "best.keras").read_bytes()
-    resumed = training.BestModel(run, "val_top1")  # a new process, same folder
-    resumed.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
-    resumed.on_epoch_end(3, {"val_top1": 0.5})
+    resumed = _best_and_checkpoint(run)  # a new process, same folder
+    _end_epoch(*resumed, 3, 0.5)
     assert (run / "best.keras").read_bytes() == saved
-    resumed.on_epoch_end(4, {"val_top1": 0.9})
-    assert (run / "best.keras").read_bytes() != saved
+    _end_epoch(*resumed, 4, 0.9)
+    assert _best_model_epoch(run) == 4
     assert json.loads((run / "best.json").read_text()) == {
         "monitor": "val_top1", "value": 0.9, "epoch": 4}
+
+
+@pytest.mark.backend_independent
+def test_best_model_is_committed_with_its_epochs_checkpoint(tmp_path, monkeypatch):
+    run = RunFolder(tmp_path / "run").create()
+    model, callbacks = _best_and_checkpoint(run)
+    _end_epoch(model, callbacks, 0, 0.5)
+    first = (run / "best.keras").read_bytes(), (run / "best.json").read_text()
+    # Killed after the best model of epoch 1 was written, before its checkpoint:
+    # the resume replays epoch 1, so its model is not the best one.
+    model.layers[0].kernel.assign(np.ones((2, 1), "float32"))
+    callbacks[0].on_epoch_end(1, {"val_top1": 0.8})
+    assert ((run / "best.keras").read_bytes(), (run / "best.json").read_text()) == first
+    resumed, callbacks = _best_and_checkpoint(run)
+    assert run.restore_checkpoint(resumed)["epoch"] == 1
+    assert ((run / "best.keras").read_bytes(), (run / "best.json").read_text()) == first
+    assert callbacks[0].best == 0.5 and run.foreign_entries() == []
+    # Killed just after the checkpoint of epoch 1 committed its new best model:
+    # the resume keeps it, and it is the score to beat.
+    with monkeypatch.context() as killed:
+        killed.setattr(RunFolder, "settle_best", lambda self: None)
+        _end_epoch(resumed, callbacks, 1, 0.7)
+    assert _best_model_epoch(run) == 0
+    resumed, callbacks = _best_and_checkpoint(run)
+    assert callbacks[0].best == 0.7
+    assert run.restore_checkpoint(resumed)["epoch"] == 2
+    assert _best_model_epoch(run) == 1
+    assert json.loads((run / "best.json").read_text()) == {
+        "monitor": "val_top1", "value": 0.7, "epoch": 1}
+    assert sorted(path.name for path in (run / "backup").iterdir()) == [
+        "checkpoint.json", "epoch-0002.weights.h5"]
 
 
 @pytest.mark.backend_independent

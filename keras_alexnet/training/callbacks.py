@@ -1,11 +1,9 @@
 """The callbacks of a training run: validation, the schedule, NaN, best model, checkpoints, logs."""
 
 import contextlib
-import json
 import math
 import os
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -15,6 +13,7 @@ from keras_alexnet.run_folder import (
     BACKUP,
     BEST_MODEL,
     BEST_SCORE,
+    PARTIAL_BEST_MODEL,
     restore_torch_random_states,
     write_json_atomically,
 )
@@ -113,11 +112,14 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 class BestModel(keras.callbacks.Callback):
-    """Saves the model with the best `monitor` score so far to `best.keras`.
+    """Saves the model with the best `monitor` score so far as `best.keras`.
 
     The score is kept in `best.json` beside it, so a resumed run replaces
-    `best.keras` only with a better model. Written to a temporary file and
-    renamed, so a kill never leaves half a model.
+    `best.keras` only with a better model. A new best model and its score
+    are written to `backup/` and moved up when `RunCheckpoint` commits
+    their epoch (`RunFolder.settle_best`): a run killed before that commit
+    replays the epoch, and keeps no best model from it. The model is written
+    to a temporary file and renamed, so a kill never leaves half a model.
 
     Args:
         run: the `RunFolder`.
@@ -146,10 +148,11 @@ class BestModel(keras.callbacks.Callback):
             if model is None:  # another process than process 0
                 return
             (self.run / BACKUP).mkdir(exist_ok=True)
-            temporary = self.run / BACKUP / f"partial-{BEST_MODEL}"
+            temporary = self.run / BACKUP / PARTIAL_BEST_MODEL
             model.save(temporary)
-        os.replace(temporary, self.run / BEST_MODEL)
-        write_json_atomically(self.run / BEST_SCORE,
+        os.replace(temporary, self.run / BACKUP / BEST_MODEL)
+        # Last: the score is what makes the model in backup/ this epoch's best.
+        write_json_atomically(self.run / BACKUP / BEST_SCORE,
                               {"monitor": self.monitor, "value": self.best, "epoch": epoch})
 
 
@@ -157,7 +160,8 @@ class RunCheckpoint(keras.callbacks.Callback):
     """Commits a checkpoint (weights, optimizer, epoch, schedule state) after every epoch.
 
     Put it last: when it records an epoch as done, that epoch's log row,
-    TensorBoard events and best model are already written. `writer`: as
+    TensorBoard events and best model are already written (the best model
+    is moved up once committed, `RunFolder.settle_best`). `writer`: as
     for `BestModel`. `resumed_from`: the checkpoint record a resumed run
     restored, whose torch generator states it sets before the first step.
     """
@@ -266,14 +270,7 @@ class SkippedFilesReport(keras.callbacks.Callback):
             self.reported.update(new)
 
 
-def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return None
-
-
 def _previous_best(run):
-    """The best score recorded in a run's `best.json`, or -inf."""
-    previous = _read_json(run / BEST_SCORE)
+    """The best score of a run as of its last checkpoint (`RunFolder.read_best`), or -inf."""
+    previous = run.read_best()
     return previous["value"] if previous else -math.inf
