@@ -30,11 +30,10 @@ from keras_alexnet.models.arguments import (  # noqa: F401
     _follow_weights,
     _resolve_input_shape,
     _resolve_lrn_constants,
-    _statistics,
     _validate_arguments,
     validate_architecture,
 )
-from keras_alexnet.models.pixel_statistics import AlexNetModel
+from keras_alexnet.models.pixel_statistics import AlexNetModel, statistics_of_weights
 from keras_alexnet.models.signature import (  # noqa: F401
     OUTPUTS,
     normalizes_inputs,
@@ -252,7 +251,7 @@ def AlexNet(
             **lrn_constants, implementation=lrn_implementation, name=layer_name,
         )(x)
 
-    pixel_mean, pixel_std = _statistics(pretrained)
+    pixel_mean, pixel_std = statistics_of_weights(pretrained)
     x = _preprocessing(pixel_mean, pixel_std)(inputs) if include_preprocessing else inputs
     f1, f2, f3, f4, f5 = spec["filters"]
     groups = spec["groups"]

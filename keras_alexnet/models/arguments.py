@@ -12,7 +12,6 @@ from keras_alexnet.models.architecture import (
     _SPECS,
     minimum_input_size,
 )
-from keras_alexnet.models.pixel_statistics import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
 
 
 def validate_architecture(variant, initialization, dropout):
@@ -107,14 +106,6 @@ def _follow_weights(pretrained, variant, classes, lrn_constants, include_top):
                 f"Received: lrn_constants={lrn_constants!r}"
             )
     return pretrained.variant, pretrained.classes, pretrained.lrn_constants
-
-
-def _statistics(pretrained):
-    """RGB `(mean, std)` in [0, 255] the weights were trained with: the file's
-    record (Caffe: its mean, no scaling), else ImageNet's (the presets')."""
-    if pretrained is not None and pretrained.pixel_mean is not None:
-        return tuple(pretrained.pixel_mean), tuple(pretrained.pixel_std)
-    return IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
 
 
 def _resolve_input_shape(variant, input_shape, input_tensor, include_top):

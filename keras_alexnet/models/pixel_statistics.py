@@ -132,17 +132,22 @@ def preprocess_input(x, weights=None):
 def _statistics_of(weights):
     from keras_alexnet.convert import PretrainedWeights, read_weights
 
-    if weights is None:
-        return IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
     if isinstance(weights, keras.Model):
         return pixel_statistics(weights)
     if isinstance(weights, (str, os.PathLike)):
         weights = read_weights(weights)
-    if not isinstance(weights, PretrainedWeights):
+    if weights is not None and not isinstance(weights, PretrainedWeights):
         raise ValueError(
             "`weights` must be None, a Keras model, a PretrainedWeights or a weights file's "
             f"path. Received: weights={weights!r}"
         )
-    if weights.pixel_mean is None:  # a `model.save_weights` file: trained on the presets
-        return IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
-    return tuple(weights.pixel_mean), tuple(weights.pixel_std)
+    return statistics_of_weights(weights)
+
+
+def statistics_of_weights(pretrained):
+    """RGB `(mean, std)` in [0, 255] the weights were trained with: the file's
+    record (Caffe: its mean, no scaling), else ImageNet's, the presets' (no
+    weights, or a `model.save_weights` file, which records none)."""
+    if pretrained is not None and pretrained.pixel_mean is not None:
+        return tuple(pretrained.pixel_mean), tuple(pretrained.pixel_std)
+    return IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
